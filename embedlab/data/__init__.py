@@ -1,0 +1,1 @@
+"""Dataset sources (download stage) and preparation (preprocess stage)."""

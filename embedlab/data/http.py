@@ -1,0 +1,114 @@
+"""Verified, resumable HTTP downloads.
+
+A download streams into ``<dest>.part`` next to its destination, resumes that partial file with an HTTP ``Range``
+request after a dropped connection (or in a later run), retries with exponential back-off, checks size and MD5, and
+only then renames the file into place. A failed download never leaves a file at ``dest``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from embedlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class DownloadError(UserError):
+    """The file could not be fetched (network, HTTP status, or an incomplete body after all retries)."""
+
+
+class ChecksumError(DownloadError):
+    """The fetched bytes do not match the expected MD5."""
+
+
+def md5sum(path: str | Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """Stream ``url`` into ``part``, appending when the server honours our Range request."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and have:
+            return  # we already hold every byte; the checksum decides.
+        if response.status_code not in (200, 206):
+            response.raise_for_status()
+            raise DownloadError(f"unexpected HTTP {response.status_code} from {url}")
+        resumed = response.status_code == 206 and have > 0
+        if resumed:
+            start = int(response.headers.get("Content-Range", "bytes 0-").split()[1].split("-")[0])
+            if start != have:
+                raise DownloadError(f"server resumed at byte {start}, expected {have}")
+        elif have:
+            log.info("server ignored the Range request; restarting %s from byte 0", url)
+            have = 0
+        length = response.headers.get("Content-Length")
+        expected = have + int(length) if length is not None else None
+        with (
+            open(part, "ab" if resumed else "wb") as out,
+            tqdm(
+                total=expected,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
+            for block in response.iter_content(CHUNK):
+                out.write(block)
+                bar.update(len(block))
+        if expected is not None and part.stat().st_size < expected:
+            raise requests.ConnectionError(f"connection closed at byte {part.stat().st_size} of {expected}")
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    md5: str,
+    *,
+    retries: int = 4,
+    backoff: float = 1.0,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` to ``dest`` and return it; a file already at ``dest`` with the right MD5 is reused."""
+    dest = Path(dest)
+    if dest.exists() and md5sum(dest) == md5:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, timeout, progress)
+            break
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            if attempt == retries:
+                raise DownloadError(f"could not download {url} after {retries + 1} attempts: {err}") from err
+            wait = backoff * 2**attempt
+            log.warning("download interrupted (%s); retrying in %.1fs", err, wait)
+            time.sleep(wait)
+        except requests.HTTPError as err:
+            raise DownloadError(f"could not download {url}: {err}") from err
+    actual = md5sum(part)
+    if actual != md5:
+        part.unlink()
+        raise ChecksumError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}")
+    os.replace(part, dest)
+    return dest

@@ -1,0 +1,137 @@
+"""The preprocess stage: seeded stratified splits and resizing into ``data/prepared``.
+
+``data/prepared/`` holds:
+
+* ``images.npy`` -- uint8 ``(N, S, S, 3)``, ``S = data.image_size``; open with ``np.load(..., mmap_mode="r")``.
+* ``index.csv`` -- row ``i`` describes image ``i``: ``id`` (stable, from the source), ``label``, ``class_name``,
+  ``split`` (``train``/``val``/``test``).
+* ``info.json`` -- ``class_names``, ``image_size``, ``fit``, ``source``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from embedlab.data.raw import RawDataset
+from embedlab.fsutil import atomic_dir, write_json
+from embedlab.images import fit_to_square
+from embedlab.params import DataParams
+
+SPLITS = ("train", "val", "test")
+
+
+def _take_per_class(
+    rows: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``rows`` into (taken, rest), taking ``fraction`` of every class (at least one when a class has two)."""
+    taken, rest = [], []
+    for label in np.unique(labels[rows]):
+        members = rng.permutation(rows[labels[rows] == label])
+        count = round(fraction * len(members))
+        if len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        taken.append(members[:count])
+        rest.append(members[count:])
+    return np.sort(np.concatenate(taken)), np.sort(np.concatenate(rest))
+
+
+def assign_splits(raw_splits: np.ndarray, labels: np.ndarray, params: DataParams) -> np.ndarray:
+    """Return a split name per image (``""`` = dropped by ``max_per_class``), seeded and stratified by label.
+
+    An official ``test`` (or ``val``) split from the source is kept as it is; otherwise ``test_fraction`` of every
+    class becomes test. ``val_fraction`` of every class of what remains for training becomes validation.
+    """
+    rng = np.random.default_rng(params.seed)
+    keep = np.ones(len(labels), dtype=bool)
+    if params.max_per_class:
+        for split in np.unique(raw_splits):
+            for label in np.unique(labels):
+                members = np.flatnonzero((raw_splits == split) & (labels == label))
+                if len(members) > params.max_per_class:
+                    keep[rng.permutation(members)[params.max_per_class :]] = False
+    out = np.where(keep, raw_splits, "").astype(object)
+    pool = np.flatnonzero(keep & ~np.isin(raw_splits, ["test", "val"]))
+    if not np.any(keep & (raw_splits == "test")):
+        test, pool = _take_per_class(pool, labels, params.test_fraction, rng)
+        out[test] = "test"
+    if not np.any(keep & (raw_splits == "val")):
+        val, pool = _take_per_class(pool, labels, params.val_fraction, rng)
+        out[val] = "val"
+    out[pool] = "train"
+    return out.astype(str)
+
+
+@dataclass
+class PreparedSummary:
+    counts: dict[str, int]
+    per_class: dict[str, dict[str, int]]
+
+
+def prepare(raw_dir: str | Path, out_dir: str | Path, params: DataParams) -> PreparedSummary:
+    """Resize every kept image to ``params.image_size`` and write ``data/prepared`` atomically."""
+    raw = RawDataset.open(raw_dir)
+    labels = raw.index["label"].to_numpy()
+    splits = assign_splits(raw.index["split"].to_numpy().astype(str), labels, params)
+    rows = np.flatnonzero(splits != "")
+    size = params.image_size
+    with atomic_dir(out_dir) as tmp:
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3)
+        )
+        for i, image in enumerate(tqdm(raw.images(rows), total=len(rows), desc="resizing", unit="img", leave=False)):
+            images[i] = fit_to_square(image, size, params.fit)
+        images.flush()
+        del images
+        index = pd.DataFrame(
+            {
+                "id": raw.index["id"].to_numpy()[rows],
+                "label": labels[rows],
+                "class_name": np.asarray(raw.class_names)[labels[rows]],
+                "split": splits[rows],
+            }
+        )
+        index.to_csv(tmp / "index.csv", index=False)
+        write_json(
+            tmp / "info.json",
+            {"source": raw.source, "class_names": raw.class_names, "image_size": size, "fit": params.fit},
+        )
+    counts = {split: int((index["split"] == split).sum()) for split in SPLITS}
+    per_class = {
+        name: {split: int(((index["class_name"] == name) & (index["split"] == split)).sum()) for split in SPLITS}
+        for name in raw.class_names
+    }
+    return PreparedSummary(counts, per_class)
+
+
+@dataclass
+class Prepared:
+    """The prepared dataset as later stages read it; ``images`` is memory-mapped."""
+
+    images: np.ndarray
+    index: pd.DataFrame
+    class_names: list[str]
+    image_size: int
+
+    @classmethod
+    def open(cls, root: str | Path = "data/prepared") -> Prepared:
+        root = Path(root)
+        info = json.loads((root / "info.json").read_text())
+        index = pd.read_csv(
+            root / "index.csv", dtype={"id": str, "split": str, "class_name": str}, keep_default_na=False
+        )
+        images = np.load(root / "images.npy", mmap_mode="r")
+        return cls(images, index, info["class_names"], info["image_size"])
+
+    def split(self, name: str) -> np.ndarray:
+        """Row positions of one split, in file order."""
+        return np.flatnonzero(self.index["split"].to_numpy() == name)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index["label"].to_numpy()

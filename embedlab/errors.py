@@ -1,0 +1,24 @@
+"""User-facing errors: stages and the CLI print these as one line and exit non-zero, without a traceback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+
+class UserError(Exception):
+    """Something the user can fix (a param, a path, the network); the message says what and how."""
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a stage or command entry point, turning a :class:`UserError` into one line on stderr and exit 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,110 @@
+"""Typed, validated view of ``params.yaml``.
+
+Every stage loads the whole file through :func:`load_params` before doing any work, so a typo anywhere stops the
+pipeline at once with one line naming the key and what it accepts. Stages then read only their own section; DVC
+tracks exactly those keys (see ``dvc.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from embedlab.errors import UserError
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+NonNegativeFraction = Annotated[float, Field(ge=0, lt=1)]
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+
+
+class ParamsError(UserError):
+    """A params.yaml value is invalid; the message is one line that names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["digits", "cifar10", "folder"] = "digits"
+    url: str = CIFAR10_URL
+    path: str | None = None
+    image_size: Annotated[int, Field(ge=8, le=1024)] = 32
+    fit: Literal["crop", "pad", "stretch"] = "crop"
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.3
+    max_per_class: Annotated[int, Field(ge=2)] | None = None
+    seed: Annotated[int, Field(ge=0)] = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> DataParams:
+        if self.source == "folder" and not self.path:
+            raise ValueError("path: required when data.source is folder (a directory or .tar/.tar.gz/.zip)")
+        return self
+
+
+class AugmentParams(_Section):
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    zoom: NonNegativeFraction = 0.0
+    shift: NonNegativeFraction = 0.0
+    shear: NonNegativeFraction = 0.0
+    contrast: NonNegativeFraction = 0.0
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    augment: AugmentParams = AugmentParams()
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        # Cross-field checks put the key first: "path: required when ...".
+        key, _, rest = msg.removeprefix("Value error, ").partition(": ")
+        loc, msg = ".".join(filter(None, [loc, key])), rest
+    elif first["type"] == "extra_forbidden":
+        msg = f"unknown key; allowed keys: {', '.join(_allowed_keys(first['loc']))}"
+    else:
+        got = first.get("input")
+        msg = f"{msg} (got {got!r})"
+    more = len(err.errors()) - 1
+    return f"params.yaml: {loc}: {msg}" + (f" [+{more} more]" if more else "")
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping; raise :class:`ParamsError` with one line naming the bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw)

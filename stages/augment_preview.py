@@ -1,0 +1,27 @@
+"""augment_preview: plots/data/augmentations.png, a grid of training images and augmented copies (augment.*)."""
+
+import numpy as np
+
+from embedlab.augment import draw_preview
+from embedlab.data.prepare import Prepared
+from embedlab.errors import run_main
+from embedlab.params import load_params
+
+ROWS = 8
+
+
+def main() -> None:
+    params = load_params()
+    data = Prepared.open("data/prepared")
+    train = data.split("train")
+    rng = np.random.default_rng(params.data.seed)
+    # One image of each of the first ROWS classes, so every row shows something different.
+    picks = [rng.choice(train[data.labels[train] == label]) for label in np.unique(data.labels[train])[:ROWS]]
+    titles = [data.class_names[data.labels[row]] for row in picks]
+    draw_preview(
+        np.asarray(data.images[picks]), titles, params.augment, "plots/data/augmentations.png", seed=params.data.seed
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,15 @@
+"""download: data.source -> data/raw (digits bundled offline, CIFAR-10 binary over HTTP, or an image folder)."""
+
+from embedlab.data.sources import fetch
+from embedlab.errors import run_main
+from embedlab.params import load_params
+
+
+def main() -> None:
+    params = load_params()
+    count = fetch(params.data, "data/raw")
+    print(f"download: {count} images from {params.data.source} -> data/raw")
+
+
+if __name__ == "__main__":
+    run_main(main)
