@@ -13,6 +13,8 @@ import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -50,7 +52,8 @@ def _check_member_name(name: str) -> PurePosixPath:
     return path
 
 
-def _tar_members(path: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+@contextmanager
+def _tar_members(path: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
     with tarfile.open(path, "r:*") as archive:
         members = archive.getmembers()
         for member in members:
@@ -59,35 +62,42 @@ def _tar_members(path: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
                 raise UnsafeArchiveError(f"refusing archive: member {member.name!r} is a link")
             if not (member.isfile() or member.isdir()):
                 raise UnsafeArchiveError(f"refusing archive: member {member.name!r} is not a regular file")
-        for member in members:
-            if member.isfile():
+
+        def reader(member: tarfile.TarInfo) -> Reader:
+            def read() -> bytes:
                 handle = archive.extractfile(member)
                 assert handle is not None
-                yield PurePosixPath(member.name), handle.read
+                return handle.read()
+
+            return read
+
+        yield [(PurePosixPath(m.name), reader(m)) for m in members if m.isfile()]
 
 
-def _zip_members(path: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+@contextmanager
+def _zip_members(path: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         for info in infos:
             _check_member_name(info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UnsafeArchiveError(f"refusing archive: member {info.filename!r} is a link")
-        for info in infos:
-            if not info.is_dir():
-                yield PurePosixPath(info.filename), (lambda info=info: archive.read(info))
+        yield [(PurePosixPath(i.filename), partial(archive.read, i)) for i in infos if not i.is_dir()]
 
 
-def _dir_members(root: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
+@contextmanager
+def _dir_members(root: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
+    members = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath) / name
-            yield PurePosixPath(full.relative_to(root).as_posix()), full.read_bytes
+            members.append((PurePosixPath(full.relative_to(root).as_posix()), full.read_bytes))
+    yield members
 
 
-def iter_members(path: Path) -> Iterator[tuple[PurePosixPath, Reader]]:
-    """Yield ``(relative path, read)`` for every file of a directory or archive, after the safety checks."""
+def open_members(path: Path) -> AbstractContextManager[list[tuple[PurePosixPath, Reader]]]:
+    """``(relative path, read)`` for every file of a directory or archive, after the archive safety checks."""
     if path.is_dir():
         return _dir_members(path)
     name = path.name.lower()
@@ -122,24 +132,25 @@ def write_folder(out: Path, source: str | Path) -> tuple[int, list[dict[str, str
     source = Path(source).expanduser()
     if not source.exists():
         raise UserError(f"data.path: {source} does not exist")
-    members = [(p, read) for p, read in iter_members(source) if not _is_ignored(p)]
-    depth, has_splits = _layout([p for p, _ in members])
-    class_level = depth + (1 if has_splits else 0)
-    skipped: list[dict[str, str]] = []
-    writer = BlobWriter(out)
-    for path, read in tqdm(members, desc="reading images", unit="file", leave=False):
-        rel = PurePosixPath(*path.parts[depth:])
-        if len(path.parts) <= class_level + 1:
-            skipped.append({"path": str(rel), "reason": "not inside a class folder"})
-            continue
-        data = read()
-        try:
-            decode(data)
-        except ImageDecodeError as err:
-            skipped.append({"path": str(rel), "reason": str(err)})
-            continue
-        split = SPLIT_NAMES[path.parts[depth].lower()] if has_splits else ""
-        writer.add(str(rel), path.parts[class_level], split, data)
+    with open_members(source) as listed:
+        members = [(p, read) for p, read in listed if not _is_ignored(p)]
+        depth, has_splits = _layout([p for p, _ in members])
+        class_level = depth + (1 if has_splits else 0)
+        skipped: list[dict[str, str]] = []
+        writer = BlobWriter(out)
+        for path, read in tqdm(members, desc="reading images", unit="file", leave=False):
+            rel = PurePosixPath(*path.parts[depth:])
+            if len(path.parts) <= class_level + 1:
+                skipped.append({"path": str(rel), "reason": "not inside a class folder"})
+                continue
+            data = read()
+            try:
+                decode(data)
+            except ImageDecodeError as err:
+                skipped.append({"path": str(rel), "reason": str(err)})
+                continue
+            split = SPLIT_NAMES[path.parts[depth].lower()] if has_splits else ""
+            writer.add(str(rel), path.parts[class_level], split, data)
     writer.finish("folder", skipped)
     if not len(writer):
         raise EmptyDatasetError(

@@ -20,7 +20,7 @@ from embedlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # a dropped connection loses at most one chunk of progress
 
 
 class DownloadError(UserError):

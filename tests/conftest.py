@@ -1,0 +1,184 @@
+"""Shared fixtures: generated datasets, a real HTTP server on 127.0.0.1, and a throwaway copy of the repo."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMBEDLAB_SHARED", REPO.parent / "shared"))
+CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg.tar.gz"
+
+
+# --- CIFAR-10 binary archives -------------------------------------------------------------------------------
+
+
+@dataclass
+class CifarArchive:
+    path: Path
+    md5: str
+    images: np.ndarray  # (N, 32, 32, 3), train batches then test batch
+    labels: np.ndarray
+
+
+def make_cifar_archive(path: Path, per_batch: int = 6, seed: int = 0) -> CifarArchive:
+    """Write an archive in the exact layout of the official ``cifar-10-binary.tar.gz``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    all_images, all_labels = [], []
+    with tarfile.open(path, "w:gz") as archive:
+
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+        add("batches.meta.txt", ("\n".join(names) + "\n\n").encode())
+        for name in [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]:
+            images = rng.integers(0, 256, size=(per_batch, 32, 32, 3), dtype=np.uint8)
+            labels = rng.integers(0, 10, size=per_batch, dtype=np.uint8)
+            planes = images.transpose(0, 3, 1, 2).reshape(per_batch, -1)
+            add(name, np.concatenate([labels[:, None], planes], axis=1).tobytes())
+            all_images.append(images)
+            all_labels.append(labels)
+        add("readme.html", b"<html></html>")
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    return CifarArchive(path, md5, np.concatenate(all_images), np.concatenate(all_labels).astype(np.int64))
+
+
+@pytest.fixture
+def cifar_archive(tmp_path: Path) -> CifarArchive:
+    return make_cifar_archive(tmp_path / "served" / "cifar-10-binary.tar.gz", per_batch=60)
+
+
+# --- A real HTTP server ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileServer:
+    """Serves one file; can honour or ignore Range and cut the first N responses short."""
+
+    payload: bytes
+    honour_range: bool = True
+    cut_after: int | None = None  # bytes sent before dropping the connection
+    cuts_left: int = 0
+    range_headers: list[str | None] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def file_server(cifar_archive: CifarArchive) -> Iterator[FileServer]:
+    state = FileServer(payload=cifar_archive.path.read_bytes())
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = state.payload
+            requested = self.headers.get("Range")
+            state.range_headers.append(requested)
+            start = 0
+            if requested and state.honour_range:
+                start = int(requested.removeprefix("bytes=").split("-")[0])
+                if start >= len(body):
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            chunk = body[start:]
+            if state.cuts_left > 0 and state.cut_after is not None:
+                state.cuts_left -= 1
+                self.wfile.write(chunk[: state.cut_after])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(chunk)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-binary.tar.gz"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+# --- A throwaway copy of the repository -----------------------------------------------------------------------
+
+
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's bin dir first on PATH (so ``python`` in dvc.yaml is ours)."""
+    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    full_env.update(env or {})
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the project's files (tracked and new, not ignored) to ``dest`` as a fresh git repo with one commit."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("data/", "metrics/", "plots/")):
+            target = dest / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    for keep in ("data/.gitignore",):
+        if (REPO / keep).exists():
+            (dest / keep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / keep, dest / keep)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "test@example.com"], dest)
+    run(["git", "config", "user.name", "test"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "copy"], dest)
+    return dest
+
+
+def set_params(repo: Path, **overrides: object) -> None:
+    """Override dotted keys in ``params.yaml`` (``data__image_size=16`` sets ``data.image_size``)."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = params
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))

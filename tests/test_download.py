@@ -1,0 +1,122 @@
+"""The CIFAR-10 download path against a real HTTP server on 127.0.0.1 serving the official binary layout."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedlab.data import cifar10
+from embedlab.data.http import ChecksumError, DownloadError, download
+from embedlab.data.raw import RawDataset
+from embedlab.data.sources import fetch
+from embedlab.params import DataParams
+
+from .conftest import CifarArchive, FileServer
+
+
+def test_download_verifies_and_parses(tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive) -> None:
+    dest = download(file_server.url, tmp_path / "dl" / "cifar.tar.gz", cifar_archive.md5, progress=False)
+    assert dest.read_bytes() == cifar_archive.path.read_bytes()
+    images, labels, ids, splits, names = cifar10.parse_archive(dest)
+    np.testing.assert_array_equal(images, cifar_archive.images)
+    np.testing.assert_array_equal(labels, cifar_archive.labels)
+    assert splits.count("test") == 60 and splits.count("train") == 300
+    assert names[0] == "airplane" and len(names) == 10
+    assert len(set(ids)) == len(ids)
+
+
+def test_write_cifar10_official_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_server: FileServer, cifar_archive: CifarArchive
+) -> None:
+    monkeypatch.setenv("EMBEDLAB_CACHE", str(tmp_path / "cache"))
+    count = cifar10.write_cifar10(tmp_path / "raw", file_server.url, None, md5=cifar_archive.md5)
+    raw = RawDataset.open(tmp_path / "raw")
+    assert count == 360 and raw.source == "cifar10"
+    assert list(raw.index["split"]).count("test") == 60
+    first = np.asarray(next(raw.images(np.array([7]))))
+    np.testing.assert_array_equal(first, cifar_archive.images[7])
+    # The verified archive is cached: a second run makes no request.
+    before = len(file_server.range_headers)
+    cifar10.write_cifar10(tmp_path / "raw2", file_server.url, None, md5=cifar_archive.md5)
+    assert len(file_server.range_headers) == before
+
+
+def test_checksum_mismatch_names_both_and_leaves_nothing(tmp_path: Path, file_server: FileServer) -> None:
+    dest = tmp_path / "dl" / "cifar.tar.gz"
+    with pytest.raises(ChecksumError) as err:
+        download(file_server.url, dest, "0" * 32, progress=False)
+    message = str(err.value)
+    assert "expected md5 " + "0" * 32 in message
+    assert "got " in message and message.split("got ")[1] != "0" * 32
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_resumes_after_connection_cut(tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive) -> None:
+    cut = len(file_server.payload) // 3
+    file_server.cut_after, file_server.cuts_left = cut, 1
+    dest = download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, backoff=0.01, progress=False)
+    assert dest.read_bytes() == file_server.payload
+    assert file_server.range_headers[0] is None and len(file_server.range_headers) == 2
+    resumed_at = int(file_server.range_headers[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= cut
+
+
+def test_resumes_partial_file_from_earlier_run(
+    tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive
+) -> None:
+    file_server.cut_after, file_server.cuts_left = 100_000, 3
+    with pytest.raises(DownloadError):
+        download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, retries=2, backoff=0.01, progress=False)
+    assert not (tmp_path / "cifar.tar.gz").exists()
+    partial = (tmp_path / "cifar.tar.gz.part").stat().st_size
+    assert partial > 0
+    dest = download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, progress=False)
+    assert dest.read_bytes() == file_server.payload
+    assert file_server.range_headers[-1] == f"bytes={partial}-"
+
+
+def test_server_ignoring_range_restarts_cleanly(
+    tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive
+) -> None:
+    file_server.honour_range = False
+    file_server.cut_after, file_server.cuts_left = 300_000, 1
+    dest = download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, backoff=0.01, progress=False)
+    assert dest.read_bytes() == file_server.payload  # not the first chunks twice
+    assert file_server.range_headers[0] is None and file_server.range_headers[1].startswith("bytes=")
+
+
+def test_stage_failure_leaves_data_dir_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, file_server: FileServer
+) -> None:
+    """The stage checks the official MD5, which a generated archive cannot match: nothing may land in data/."""
+    monkeypatch.setenv("EMBEDLAB_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(ChecksumError, match=cifar10.ARCHIVE_MD5):
+        fetch(DataParams(source="cifar10", url=file_server.url), data / "raw")
+    assert list(data.iterdir()) == []
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_offline_error_offers_both_ways_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDLAB_CACHE", str(tmp_path / "cache"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once we leave the block: connection refused
+    monkeypatch.setattr(cifar10, "download", lambda *a, **k: download(*a, **{**k, "retries": 1, "backoff": 0.01}))
+    with pytest.raises(DownloadError) as err:
+        cifar10.obtain_archive(f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz", None)
+    message = str(err.value)
+    assert "data.path=" in message and "data.source=digits" in message and f"127.0.0.1:{port}" in message
+    assert not (tmp_path / "data").exists()
+
+
+def test_local_archive_is_verified(tmp_path: Path, cifar_archive: CifarArchive) -> None:
+    assert cifar10.obtain_archive("unused", str(cifar_archive.path), md5=cifar_archive.md5) == cifar_archive.path
+    with pytest.raises(ChecksumError, match=f"got {cifar_archive.md5}"):
+        cifar10.obtain_archive("unused", str(cifar_archive.path))
+    with pytest.raises(DownloadError, match=r"data\.path"):
+        cifar10.obtain_archive("unused", str(tmp_path / "missing.tar.gz"))

@@ -1,0 +1,180 @@
+"""The folder source: mixed images, bad files, hostile archives, and the real CIFAR-10 JPEG archive."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedlab.data.folder import EmptyDatasetError, UnsafeArchiveError, write_folder
+from embedlab.data.prepare import Prepared, prepare
+from embedlab.data.raw import RawDataset
+from embedlab.params import DataParams
+
+from .conftest import CIFAR_JPEG
+
+
+def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def make_image_tree(root: Path) -> None:
+    """Two classes of images in many sizes, modes and formats, plus one corrupt image and one text file."""
+    rng = np.random.default_rng(0)
+
+    def noise(w: int, h: int, channels: int) -> np.ndarray:
+        return rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8).squeeze()
+
+    files = {
+        "cat/rgb.jpg": _encode(Image.fromarray(noise(64, 48, 3)), "JPEG"),
+        "cat/grey.png": _encode(Image.fromarray(noise(20, 30, 1), "L"), "PNG"),
+        "cat/alpha.png": _encode(Image.fromarray(noise(50, 50, 4), "RGBA"), "PNG"),
+        "cat/palette.gif": _encode(Image.fromarray(noise(33, 17, 3)).convert("P"), "GIF"),
+        "cat/cmyk.jpg": _encode(Image.fromarray(noise(40, 40, 3)).convert("CMYK"), "JPEG"),
+        "dog/small.bmp": _encode(Image.fromarray(noise(7, 9, 3)), "BMP"),
+        "dog/big.webp": _encode(Image.fromarray(noise(300, 120, 3)), "WEBP"),
+        "dog/deep.png": _encode(Image.fromarray(noise(16, 16, 1).astype(np.uint16) * 257), "PNG"),
+        "dog/tiff.tif": _encode(Image.fromarray(noise(24, 24, 3)), "TIFF"),
+        "dog/corrupt.jpg": _encode(Image.fromarray(noise(64, 64, 3)), "JPEG")[:300],
+        "dog/notes.txt": b"not an image\n",
+        ".DS_Store": b"\0\0",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    make_image_tree(root)
+    return root
+
+
+def _check_mixed(raw_dir: Path, prefix: str = "") -> None:
+    raw = RawDataset.open(raw_dir)
+    assert raw.class_names == ["cat", "dog"]
+    assert len(raw.index) == 9
+    assert sorted(s["path"] for s in raw.skipped) == [f"{prefix}dog/corrupt.jpg", f"{prefix}dog/notes.txt"]
+    assert all(s["reason"] for s in raw.skipped)
+
+
+def test_directory_with_mixed_images(tmp_path: Path, image_tree: Path) -> None:
+    count, skipped = write_folder(tmp_path / "raw", image_tree)
+    assert count == 9 and len(skipped) == 2
+    _check_mixed(tmp_path / "raw")
+    prepare(tmp_path / "raw", tmp_path / "prepared", DataParams(image_size=16, test_fraction=0.4, val_fraction=0.3))
+    prepared = Prepared.open(tmp_path / "prepared")
+    assert prepared.images.shape == (9, 16, 16, 3) and prepared.images.dtype == np.uint8
+    assert set(prepared.index["split"]) == {"train", "val", "test"}
+    alpha = prepared.images[list(prepared.index["id"]).index("cat/alpha.png")]
+    assert alpha.std() > 0  # decoded content, not a blank
+
+
+@pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip"])
+def test_archives_read_like_directories(tmp_path: Path, image_tree: Path, kind: str) -> None:
+    archive = tmp_path / f"photos.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as out:
+            for path in sorted(image_tree.rglob("*")):
+                out.write(path, Path("photos") / path.relative_to(image_tree))
+    else:
+        with tarfile.open(archive, "w:gz" if kind.endswith("gz") else "w") as out:
+            out.add(image_tree, arcname="photos")
+    write_folder(tmp_path / "raw", archive)
+    _check_mixed(tmp_path / "raw")  # the wrapping photos/ folder is looked through
+
+
+def _tar_with(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
+    with tarfile.open(path, "w") as out:
+        good = tarfile.TarInfo("cat/ok.png")
+        payload = _encode(Image.new("RGB", (4, 4)), "PNG")
+        good.size = len(payload)
+        out.addfile(good, io.BytesIO(payload))
+        member.size = len(data) if member.isfile() else 0
+        out.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return path
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        tarfile.TarInfo("../evil.png"),
+        tarfile.TarInfo("cat/../../evil.png"),
+        tarfile.TarInfo("/tmp/evil.png"),
+        _symlink("cat/link.png", "/etc/passwd"),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink"],
+)
+def test_malicious_tar_is_refused(tmp_path: Path, member: tarfile.TarInfo) -> None:
+    archive = _tar_with(tmp_path / "evil.tar", member)
+    with pytest.raises(UnsafeArchiveError, match="refusing archive"):
+        write_folder(tmp_path / "out" / "raw", archive)
+    assert not (tmp_path / "evil.png").exists() and not (tmp_path / "out" / "raw" / "index.csv").exists()
+
+
+def test_malicious_zip_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("cat/ok.png", _encode(Image.new("RGB", (4, 4)), "PNG"))
+        out.writestr("../evil.png", b"x")
+    with pytest.raises(UnsafeArchiveError, match=r"\.\./evil\.png"):
+        write_folder(tmp_path / "raw", archive)
+    link = zipfile.ZipInfo("cat/link.png")
+    link.external_attr = 0o120777 << 16
+    with zipfile.ZipFile(tmp_path / "link.zip", "w") as out:
+        out.writestr(link, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="is a link"):
+        write_folder(tmp_path / "raw", tmp_path / "link.zip")
+
+
+def test_no_usable_images_is_fatal(tmp_path: Path) -> None:
+    (tmp_path / "src" / "cat").mkdir(parents=True)
+    (tmp_path / "src" / "cat" / "a.txt").write_text("hello")
+    with pytest.raises(EmptyDatasetError, match="no usable images"):
+        write_folder(tmp_path / "raw", tmp_path / "src")
+
+
+def test_train_test_layout_is_official_split(tmp_path: Path) -> None:
+    for split, count in (("train", 6), ("test", 2)):
+        for cls in ("a", "b"):
+            for i in range(count):
+                path = tmp_path / "src" / split / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (5, 5), (i * 20, 0, 0)).save(path)
+    write_folder(tmp_path / "raw", tmp_path / "src")
+    prepare(tmp_path / "raw", tmp_path / "prepared", DataParams(image_size=8, val_fraction=0.5))
+    index = Prepared.open(tmp_path / "prepared").index
+    assert sorted(index[index["split"] == "test"]["id"]) == [f"test/{c}/{i}.png" for c in "ab" for i in range(2)]
+    assert (index["split"] == "val").sum() == 6 and (index["split"] == "train").sum() == 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR_JPEG.exists(), reason=f"{CIFAR_JPEG} not present (needs ../shared/data)")
+def test_real_cifar10_jpeg_archive(tmp_path: Path) -> None:
+    count, skipped = write_folder(tmp_path / "raw", CIFAR_JPEG)
+    raw = RawDataset.open(tmp_path / "raw")
+    assert count == 60_000 and skipped == []
+    assert raw.class_names == sorted(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    )
+    splits = raw.index["split"].value_counts().to_dict()
+    assert splits == {"train": 50_000, "test": 10_000}
+    assert (raw.index.groupby("label").size() == 6_000).all()
+    image = next(raw.images(np.array([0])))
+    assert image.size == (32, 32) and image.mode == "RGB"
+    assert os.path.getsize(tmp_path / "raw" / "images.bin") == raw.index["length"].sum()

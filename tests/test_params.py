@@ -1,0 +1,72 @@
+"""params.yaml validation: every class of bad value stops with one line that names the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedlab.params import ParamsError, load_params, parse_params
+
+from .conftest import REPO
+
+
+def test_repo_params_are_valid() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert params.data.source == "digits"
+
+
+def test_dvc_exp_style_values_parse() -> None:
+    """``dvc exp run -S`` writes plain YAML scalars; strings of numbers must not sneak through as numbers."""
+    params = parse_params({"data": {"image_size": 48, "val_fraction": 0.2, "max_per_class": None}})
+    assert params.data.image_size == 48 and params.data.max_per_class is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"dta": {}}, "params.yaml: dta: unknown key; allowed keys: data, augment"),
+        ({"data": {"sorce": "digits"}}, "params.yaml: data.sorce: unknown key; allowed keys: source, url, path"),
+        ({"data": {"source": "mnist"}}, "params.yaml: data.source: Input should be 'digits', 'cifar10' or 'folder'"),
+        ({"data": {"image_size": "big"}}, "params.yaml: data.image_size: Input should be a valid integer"),
+        ({"data": {"image_size": -32}}, "params.yaml: data.image_size: Input should be greater than or equal to 8"),
+        ({"data": {"val_fraction": 1.5}}, "params.yaml: data.val_fraction: Input should be less than 1 (got 1.5)"),
+        ({"data": {"test_fraction": 0}}, "params.yaml: data.test_fraction: Input should be greater than 0 (got 0)"),
+        ({"data": {"source": "folder"}}, "params.yaml: data.path: required when data.source is folder"),
+        ({"augment": {"flip": "diagonal"}}, "params.yaml: augment.flip: Input should be 'none', 'horizontal'"),
+        ({"augment": {"zoom": -0.1}}, "params.yaml: augment.zoom: Input should be greater than or equal to 0"),
+        ({"data": []}, "params.yaml: data: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_values_name_the_key(raw: dict, expected: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("data: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_stage_rejects_before_work(tmp_path: Path) -> None:
+    """A stage run with a bad value exits non-zero with one line on stderr and writes nothing."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["val_fraction"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "download.py")], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: data.val_fraction: Input should be less than 1 (got 2)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
