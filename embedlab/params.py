@@ -56,19 +56,98 @@ class AugmentParams(_Section):
     contrast: NonNegativeFraction = 0.0
 
 
+BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2"]
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class ModelParams(_Section):
+    weights: str | None = None  # "imagenet", None (random init) or a path to a .weights.h5 file
+    embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
+    dropout: NonNegativeFraction = 0.2
+    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
+
+
+class TrainParams(_Section):
+    epochs: PositiveInt = 10
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
+    finetune_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    label_smoothing: NonNegativeFraction = 0.1
+    patience: PositiveInt = 5
+    loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
+    triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
+    triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
+    triplet_weight: PositiveFloat = 1.0
+    strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    seed: Annotated[int, Field(ge=0)] = 42
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs: must be < train.epochs ({self.epochs})")
+        return self
+
+
+class BackboneOverrides(_Section):
+    """Per-backbone values that replace ``model.*`` / ``train.*`` for that backbone only."""
+
+    weights: str | None = None
+    embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = None
+    dropout: NonNegativeFraction | None = None
+    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
+    epochs: PositiveInt | None = None
+    warmup_epochs: Annotated[int, Field(ge=0)] | None = None
+    unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None
+    finetune_factor: Annotated[float, Field(gt=0, le=1)] | None = None
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
+    lr: PositiveFloat | None = None
+    batch_size: Annotated[int, Field(ge=2)] | None = None
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     augment: AugmentParams = AugmentParams()
+    backbones: dict[BackboneName, BackboneOverrides | None] = Field(
+        default_factory=lambda: {"densenet121": None, "resnet50": None, "vgg16": None}, min_length=1
+    )
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+
+    def for_backbone(self, name: str) -> tuple[ModelParams, TrainParams]:
+        """``model`` and ``train`` with this backbone's overrides applied (and validated again)."""
+        if name not in self.backbones:
+            raise ParamsError(f"params.yaml: backbones: {name!r} is not listed (listed: {', '.join(self.backbones)})")
+        overrides = (self.backbones[name] or BackboneOverrides()).model_dump(exclude_unset=True)
+        model_keys = set(ModelParams.model_fields)
+        try:
+            model = ModelParams.model_validate(
+                {**self.model.model_dump(), **{k: v for k, v in overrides.items() if k in model_keys}}
+            )
+            train = TrainParams.model_validate(
+                {**self.train.model_dump(), **{k: v for k, v in overrides.items() if k not in model_keys}}
+            )
+        except ValidationError as err:
+            raise ParamsError(_format_error(err, prefix=f"backbones.{name}")) from None
+        return model, train
 
 
-def _format_error(err: ValidationError) -> str:
+def _format_error(err: ValidationError, prefix: str = "") -> str:
     first = err.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"])
+    loc = ".".join([prefix, *(str(part) for part in first["loc"])] if prefix else [str(p) for p in first["loc"]])
     msg = first["msg"]
     if msg.startswith("Value error, "):
         # Cross-field checks put the key first: "path: required when ...".
         key, _, rest = msg.removeprefix("Value error, ").partition(": ")
         loc, msg = ".".join(filter(None, [loc, key])), rest
+    elif first["loc"][-1] == "[key]":
+        loc = loc.removesuffix(".[key]")
+        msg = msg.replace("Input should be", "unknown name; allowed:") + f" (got {first['input']!r})"
     elif first["type"] == "extra_forbidden":
         msg = f"unknown key; allowed keys: {', '.join(_allowed_keys(first['loc']))}"
     else:
@@ -79,6 +158,8 @@ def _format_error(err: ValidationError) -> str:
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    if loc[0] == "backbones":
+        return list(BackboneOverrides.model_fields)
     model: type[BaseModel] = Params
     for part in loc[:-1]:
         annotation = model.model_fields[str(part)].annotation

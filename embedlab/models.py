@@ -1,0 +1,181 @@
+"""Backbone registry and the embedding model contract.
+
+The saved embedding model takes **raw uint8 RGB** at ``data.image_size`` and returns an L2-normalised float32
+embedding; the cast, the resize to the backbone's input size, the backbone's own ``preprocess_input``, the
+backbone, dropout, the projection and the L2 norm all live inside it, so ``embed``, ``search`` and any user call
+it the same way. A classifier head on the embedding is kept separately for the softmax loss and accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import ops
+
+from embedlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A Keras application and how to feed it."""
+
+    build: str  # attribute of keras.applications
+    preprocess: str  # "caffe" (BGR, ImageNet mean), "tf" ([-1, 1]) or "torch" ([0, 1], ImageNet mean/std)
+    min_size: int  # smallest input the architecture accepts
+    weights_file: str  # the no-top ImageNet file Keras downloads into ~/.keras/models/
+
+
+BACKBONES: dict[str, Backbone] = {
+    "densenet121": Backbone("DenseNet121", "torch", 32, "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50": Backbone("ResNet50", "caffe", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": Backbone("VGG16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "xception": Backbone("Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenetv2": Backbone(
+        "MobileNetV2", "tf", 32, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5"
+    ),
+}
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class BackbonePreprocess(keras.layers.Layer):
+    """The arithmetic of ``keras.applications.<family>.preprocess_input`` on float RGB in [0, 255], as a layer."""
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "torch"):
+            raise ValueError(f"unknown preprocess mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_IMAGENET_MEAN, dtype=x.dtype)
+            std = ops.convert_to_tensor(_IMAGENET_STD, dtype=x.dtype)
+            return (x / 255.0 - mean) / std
+        mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+        return ops.flip(x, axis=-1) - mean
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class L2Normalize(keras.layers.Layer):
+    """Unit-length rows (float32 even under mixed precision)."""
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class StopGradient(keras.layers.Layer):
+    def call(self, x):
+        return ops.stop_gradient(x)
+
+
+def input_size_for(name: str, image_size: int, requested: int | None) -> int:
+    """The backbone's input side: the requested size, else the image size, never below the architecture's floor."""
+    return max(requested or image_size, BACKBONES[name].min_size)
+
+
+def keras_weights_dir() -> Path:
+    """Where keras.applications looks for (and downloads) ImageNet weights."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _build_backbone(name: str, weights: str | None, side: int) -> keras.Model:
+    """Instantiate the Keras application; an offline ImageNet download fails with the file and folder to fix it."""
+    spec = BACKBONES[name]
+    application = getattr(keras.applications, spec.build)
+    keras_weights = "imagenet" if weights == "imagenet" else None
+    try:
+        return application(include_top=False, weights=keras_weights, input_shape=(side, side, 3), pooling="avg")
+    except Exception as err:
+        if keras_weights is None:
+            raise
+        filename = spec.weights_file.format(size=_mobilenet_size(side))
+        raise UserError(
+            f"model.weights=imagenet: could not download {filename} ({type(err).__name__}). Put that file in "
+            f"{keras_weights_dir()}/ (or set KERAS_HOME), or use model.weights=null for random init, or a path "
+            "to a .weights.h5 file."
+        ) from err
+
+
+def _mobilenet_size(input_size: int) -> int:
+    return min((96, 128, 160, 192, 224), key=lambda s: abs(s - input_size))
+
+
+@dataclass
+class Models:
+    embedding: keras.Model  # uint8 image -> unit embedding
+    trainer: keras.Model  # uint8 image -> {"embedding", "logits"}
+    backbone: keras.Model
+
+
+def build_models(
+    name: str,
+    image_size: int,
+    num_classes: int,
+    *,
+    embedding_dim: int = 128,
+    dropout: float = 0.2,
+    weights: str | None = None,
+    input_size: int | None = None,
+    bn_momentum: float | None = None,
+    probe_head: bool = False,
+) -> Models:
+    """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head."""
+    if name not in BACKBONES:
+        raise UserError(f"model backbone {name!r} unknown; choose from {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    side = input_size_for(name, image_size, input_size)
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0, dtype="float32", name="cast")(inputs)
+    if side != image_size:
+        x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
+    x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
+    backbone = _build_backbone(name, weights, side)
+    backbone.name = f"{name}_backbone"
+    if bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    x = backbone(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dense(embedding_dim, name="projection")(x)
+    embedding = L2Normalize(name="embedding")(x)
+    embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
+    # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
+    head_input = StopGradient(name="probe")(embedding) if probe_head else embedding
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(head_input)
+    trainer = keras.Model(inputs, {"embedding": embedding, "logits": logits}, name=f"{name}_trainer")
+    if weights not in (None, "imagenet"):
+        load_weights(trainer, weights)
+    return Models(embedding_model, trainer, backbone)
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """Load a ``.weights.h5`` file saved from a model of the same backbone and head sizes."""
+    file = Path(path).expanduser()
+    if not file.name.endswith(".weights.h5"):
+        raise UserError(f"model.weights: {path} must be 'imagenet', null or a path to a .weights.h5 file")
+    if not file.is_file():
+        raise UserError(f"model.weights: {path} does not exist")
+    try:
+        model.load_weights(file)
+    except ValueError as err:
+        raise UserError(f"model.weights: {path} does not fit this model ({err})".replace("\n", " ")) from err
+
+
+def load_embedding_model(path: str | Path) -> keras.Model:
+    """Load a saved embedding model (the custom layers are registered by importing this module)."""
+    return keras.saving.load_model(path, compile=False)

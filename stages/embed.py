@@ -1,0 +1,26 @@
+"""embed@<backbone>: L2-normalised embeddings of every prepared image -> data/embeddings/<bb>.npz."""
+
+import sys
+
+from embedlab.data.prepare import Prepared
+from embedlab.embeddings import EmbeddingSet, embed_images
+from embedlab.errors import run_main
+from embedlab.models import load_embedding_model
+from embedlab.params import load_params
+
+
+def main() -> None:
+    name = sys.argv[1]
+    load_params()  # validate before work
+    data = Prepared.open("data/prepared")
+    model = load_embedding_model(f"models/{name}.keras")
+    vectors = embed_images(model, data.images)
+    index = data.index
+    EmbeddingSet(vectors, index["id"].to_numpy(), data.labels, index["split"].to_numpy(), data.class_names).save(
+        f"data/embeddings/{name}.npz"
+    )
+    print(f"embed@{name}: {vectors.shape} -> data/embeddings/{name}.npz")
+
+
+if __name__ == "__main__":
+    run_main(main)
