@@ -73,7 +73,7 @@ class L2Normalize(keras.layers.Layer):
 
     def call(self, x):
         x = ops.cast(x, "float32")
-        return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+        return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-30))
 
 
 @keras.saving.register_keras_serializable(package="embedlab")

@@ -39,8 +39,10 @@ def search(
         if query_ids is not None and gallery_ids is not None:
             sims[query_ids[start : start + chunk_size, None] == gallery_ids[None, :]] = -np.inf
         take = min(k, sims.shape[1])
-        part = np.argpartition(-sims, take - 1, axis=1)[:, :take] if take < sims.shape[1] else np.tile(
-            order_key, (len(block), 1)
+        part = (
+            np.argpartition(-sims, take - 1, axis=1)[:, :take]
+            if take < sims.shape[1]
+            else np.tile(order_key, (len(block), 1))
         )
         part_scores = np.take_along_axis(sims, part, axis=1)
         # Sort by score descending, then by gallery position ascending (deterministic ties).

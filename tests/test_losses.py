@@ -1,0 +1,90 @@
+"""The Keras triplet losses against a plain NumPy reference written from the definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedlab.embeddings import l2_normalize
+from embedlab.losses import TripletLoss, batch_hard_triplet_loss, semi_hard_triplet_loss
+
+
+def reference_batch_hard(labels: np.ndarray, emb: np.ndarray, margin: float) -> float:
+    dist = 1.0 - emb @ emb.T
+    losses = []
+    for a in range(len(labels)):
+        pos = [dist[a, p] for p in range(len(labels)) if p != a and labels[p] == labels[a]]
+        neg = [dist[a, n] for n in range(len(labels)) if labels[n] != labels[a]]
+        if pos and neg:
+            losses.append(max(max(pos) - min(neg) + margin, 0.0))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def reference_semi_hard(labels: np.ndarray, emb: np.ndarray, margin: float) -> float:
+    dist = 1.0 - emb @ emb.T
+    losses = []
+    for a in range(len(labels)):
+        negatives = [dist[a, n] for n in range(len(labels)) if labels[n] != labels[a]]
+        if not negatives:
+            continue
+        for p in range(len(labels)):
+            if p == a or labels[p] != labels[a]:
+                continue
+            farther = [d for d in negatives if d > dist[a, p]]
+            chosen = min(farther) if farther else max(negatives)
+            losses.append(max(dist[a, p] - chosen + margin, 0.0))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+HAND_MADE = {
+    # two tight, well separated classes: both losses are zero with a small margin
+    "separated": (np.array([0, 0, 1, 1]), np.array([[1, 0], [0.99, 0.14], [-1, 0], [-0.99, 0.14]])),
+    # an impostor: a class-1 point sits right next to class 0
+    "impostor": (np.array([0, 0, 1, 1, 2]), np.array([[1, 0], [0, 1], [0.98, 0.2], [-1, 0], [0.7, 0.7]])),
+    # a singleton class (no positive for that anchor) and a batch with one class only in part
+    "singleton": (np.array([0, 0, 0, 1]), np.array([[1, 0.1], [0.8, 0.6], [0.3, 1], [0.9, -0.4]])),
+}
+
+
+@pytest.mark.parametrize("case", HAND_MADE)
+@pytest.mark.parametrize("margin", [0.05, 0.2, 1.0])
+def test_hand_made_batches(case: str, margin: float) -> None:
+    labels, points = HAND_MADE[case]
+    emb = l2_normalize(points.astype(np.float32))
+    hard = float(batch_hard_triplet_loss(labels, emb, margin))
+    semi = float(semi_hard_triplet_loss(labels, emb, margin))
+    assert hard == pytest.approx(reference_batch_hard(labels, emb, margin), abs=1e-5)
+    assert semi == pytest.approx(reference_semi_hard(labels, emb, margin), abs=1e-5)
+
+
+def test_random_batches_match_reference() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        labels = rng.integers(0, 4, size=24)
+        emb = l2_normalize(rng.normal(size=(24, 8)).astype(np.float32))
+        assert float(batch_hard_triplet_loss(labels, emb, 0.3)) == pytest.approx(
+            reference_batch_hard(labels, emb, 0.3), abs=1e-5
+        )
+        assert float(semi_hard_triplet_loss(labels, emb, 0.3)) == pytest.approx(
+            reference_semi_hard(labels, emb, 0.3), abs=1e-5
+        )
+
+
+def test_separated_is_zero_and_impostor_is_not() -> None:
+    labels, points = HAND_MADE["separated"]
+    assert float(batch_hard_triplet_loss(labels, l2_normalize(points.astype(np.float32)), 0.05)) == 0.0
+    labels, points = HAND_MADE["impostor"]
+    assert float(batch_hard_triplet_loss(labels, l2_normalize(points.astype(np.float32)), 0.05)) > 0.1
+
+
+def test_keras_loss_object_and_gradient() -> None:
+    import tensorflow as tf
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    emb = tf.Variable(l2_normalize(np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)))
+    loss = TripletLoss("semi_hard", 0.5)
+    with tf.GradientTape() as tape:
+        value = loss(labels, emb)
+    assert float(value) == pytest.approx(reference_semi_hard(labels, emb.numpy(), 0.5), abs=1e-5)
+    assert np.isfinite(tape.gradient(value, emb).numpy()).all()
+    assert TripletLoss.from_config(loss.get_config()).mining == "semi_hard"
