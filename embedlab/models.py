@@ -110,6 +110,14 @@ def _build_backbone(name: str, weights: str | None, side: int) -> keras.Model:
         ) from err
 
 
+def _he_init(backbone: keras.Model) -> None:
+    """Re-draw conv kernels He-normal. Keras applications default to Glorot-uniform, under which a deep plain ReLU
+    stack without normalisation (VGG16) starts with vanishing activations and stays at chance for many epochs."""
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    for i, layer in enumerate(convs):
+        layer.kernel.assign(keras.initializers.HeNormal(seed=i)(layer.kernel.shape))
+
+
 def _mobilenet_size(input_size: int) -> int:
     return min((96, 128, 160, 192, 224), key=lambda s: abs(s - input_size))
 
@@ -145,6 +153,8 @@ def build_models(
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
     backbone = _build_backbone(name, weights, side)
     backbone.name = f"{name}_backbone"
+    if weights is None and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers):
+        _he_init(backbone)
     if bn_momentum is not None:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

@@ -110,6 +110,15 @@ class BackboneOverrides(_Section):
     batch_size: Annotated[int, Field(ge=2)] | None = None
 
 
+class EvaluateParams(_Section):
+    k: Annotated[int, Field(ge=1, le=1000)] = 5
+    k_max: Annotated[int, Field(ge=1, le=1000)] = 20
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    gallery: Literal["train", "train+val"] = "train"
+    examples: Annotated[int, Field(ge=1, le=64)] = 8
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     augment: AugmentParams = AugmentParams()
@@ -118,6 +127,13 @@ class Params(_Section):
     )
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> Params:
+        for name in self.backbones:  # an override that breaks a cross-key rule fails here, before any stage works
+            self.for_backbone(name)
+        return self
 
     def for_backbone(self, name: str) -> tuple[ModelParams, TrainParams]:
         """``model`` and ``train`` with this backbone's overrides applied (and validated again)."""

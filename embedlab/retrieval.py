@@ -1,20 +1,85 @@
-"""Exact k-nearest-neighbour retrieval and the ranking metrics built on it.
+"""Exact k-nearest-neighbour search and the retrieval metrics built on it.
 
-Search is chunked over queries: each chunk's similarity block is ``chunk × gallery`` float32, so peak extra memory
-is ``chunk_size × len(gallery) × 4`` bytes whatever the number of queries; the top k come from ``argpartition``
-and are then sorted (ties broken by gallery position, so results are deterministic).
+Search is chunked over queries: each chunk's similarity block is ``chunk_size × len(gallery)`` float32, so the
+extra memory is bounded by ``chunk_size × len(gallery) × 4`` bytes (plus the k results per query) whatever the
+number of queries. The top k come from ``argpartition`` then a sort; ties are broken by gallery position (lower
+first), so results never depend on the partition's internal order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
+
+Metric = str  # "cosine" | "euclidean"
+
+
+def _scores(block: np.ndarray, gallery: np.ndarray, metric: Metric, gallery_sq: np.ndarray | None) -> np.ndarray:
+    sims = block @ gallery.T
+    if metric == "euclidean":
+        assert gallery_sq is not None
+        sq = (block**2).sum(1)[:, None] - 2 * sims + gallery_sq[None, :]
+        return -np.sqrt(np.maximum(sq, 0, out=sq), out=sq)
+    return sims
+
+
+def _exclude_self(sims: np.ndarray, query_ids: np.ndarray | None, gallery_ids: np.ndarray | None) -> None:
+    if query_ids is None or gallery_ids is None:
+        return
+    position = {gid: i for i, gid in enumerate(gallery_ids)}
+    for row, qid in enumerate(query_ids):
+        hit = position.get(qid)
+        if hit is not None:
+            sims[row, hit] = -np.inf
+
+
+def _top_k_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k per row, best first, ties by lower column index."""
+    if k >= sims.shape[1]:
+        order = np.argsort(-sims, axis=1, kind="stable")
+        return order, np.take_along_axis(sims, order, axis=1)
+    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(sims, part, axis=1)
+    ranked = np.lexsort((part, -part_scores), axis=1)
+    part, part_scores = np.take_along_axis(part, ranked, axis=1), np.take_along_axis(part_scores, ranked, axis=1)
+    # Where the k-th score is tied with columns left outside the partition, redo that row with a stable sort.
+    kth = part_scores[:, -1:]
+    ambiguous = np.flatnonzero((sims == kth).sum(1) > (part_scores == kth).sum(1))
+    for row in ambiguous:
+        order = np.argsort(-sims[row], kind="stable")[:k]
+        part[row], part_scores[row] = order, sims[row, order]
+    return part, part_scores
+
+
+def iter_top_k(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int,
+    metric: Metric = "cosine",
+    chunk_size: int = 1024,
+    query_ids: np.ndarray | None = None,
+    gallery_ids: np.ndarray | None = None,
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """Yield ``(query slice, indices, scores)`` chunk by chunk: the top ``k`` gallery rows per query, best first."""
+    queries = np.asarray(queries, np.float32)
+    gallery = np.asarray(gallery, np.float32)
+    k = min(k, len(gallery))
+    gallery_sq = (gallery**2).sum(1) if metric == "euclidean" else None
+    for start in range(0, len(queries), chunk_size):
+        rows = slice(start, start + chunk_size)
+        sims = _scores(queries[rows], gallery, metric, gallery_sq)
+        _exclude_self(sims, None if query_ids is None else query_ids[rows], gallery_ids)
+        indices, scores = _top_k_rows(sims, k)
+        yield rows, indices, scores
 
 
 def search(
     queries: np.ndarray,
     gallery: np.ndarray,
     k: int,
-    metric: str = "cosine",
+    metric: Metric = "cosine",
     chunk_size: int = 1024,
     query_ids: np.ndarray | None = None,
     gallery_ids: np.ndarray | None = None,
@@ -22,40 +87,117 @@ def search(
     """Return ``(indices, scores)`` of the top ``k`` gallery rows per query, best first.
 
     ``cosine`` expects L2-normalised rows and scores by dot product (higher is better); ``euclidean`` scores by
-    negative distance. A gallery row with the same id as its query is excluded (self-match by id, not by rank).
+    negative distance. A gallery row whose id equals the query's id is excluded (self-match by id, not by rank).
     """
     k = min(k, len(gallery))
-    queries = np.asarray(queries, np.float32)
-    gallery = np.asarray(gallery, np.float32)
-    gallery_sq = (gallery**2).sum(1) if metric == "euclidean" else None
     indices = np.empty((len(queries), k), np.int64)
     scores = np.empty((len(queries), k), np.float32)
-    order_key = np.arange(len(gallery))
-    for start in range(0, len(queries), chunk_size):
-        block = queries[start : start + chunk_size]
-        sims = block @ gallery.T
-        if metric == "euclidean":
-            sims = -np.sqrt(np.maximum((block**2).sum(1)[:, None] - 2 * sims + gallery_sq[None, :], 0))
-        if query_ids is not None and gallery_ids is not None:
-            sims[query_ids[start : start + chunk_size, None] == gallery_ids[None, :]] = -np.inf
-        take = min(k, sims.shape[1])
-        part = (
-            np.argpartition(-sims, take - 1, axis=1)[:, :take]
-            if take < sims.shape[1]
-            else np.tile(order_key, (len(block), 1))
-        )
-        part_scores = np.take_along_axis(sims, part, axis=1)
-        # Sort by score descending, then by gallery position ascending (deterministic ties).
-        ranked = np.lexsort((part, -part_scores), axis=1)
-        indices[start : start + len(block)] = np.take_along_axis(part, ranked, axis=1)
-        scores[start : start + len(block)] = np.take_along_axis(part_scores, ranked, axis=1)
+    for rows, chunk_indices, chunk_scores in iter_top_k(
+        queries, gallery, k, metric, chunk_size, query_ids, gallery_ids
+    ):
+        indices[rows], scores[rows] = chunk_indices, chunk_scores
     return indices, scores
 
 
-def map_at_k(relevant: np.ndarray, num_relevant: np.ndarray, k: int) -> float:
-    """mAP@k normalised by min(k, R): ``relevant`` is the (queries, ≥k) 0/1 matrix of ranked results."""
+@dataclass
+class RetrievalReport:
+    metrics: dict[str, float]
+    map_at_k_curve: list[float]  # mAP@1 … mAP@k_max
+    per_class_ap: dict[str, float]  # mAP@k per query class
+    knn_predictions: np.ndarray
+    neighbours: np.ndarray  # (queries, k_max) gallery indices
+    scores: np.ndarray
+
+
+def average_precision_at_k(relevant: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
+    """Per-query AP@k normalised by min(k, R); queries whose class is absent from the gallery (R = 0) score 0."""
     rel = relevant[:, :k].astype(np.float64)
-    precision_at_i = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    precision = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
     denominator = np.minimum(k, num_relevant).astype(np.float64)
-    ap = np.where(denominator > 0, (precision_at_i * rel).sum(1) / np.maximum(denominator, 1), 0.0)
-    return float(ap.mean())
+    return np.where(denominator > 0, (precision * rel).sum(1) / np.maximum(denominator, 1), 0.0)
+
+
+def majority_vote(neighbour_labels: np.ndarray, neighbour_scores: np.ndarray) -> np.ndarray:
+    """Most frequent label among the neighbours; ties go to the higher summed score, then to the nearer neighbour."""
+    out = np.empty(len(neighbour_labels), np.int64)
+    for row, (labels, scores) in enumerate(zip(neighbour_labels, neighbour_scores, strict=True)):
+        candidates = list(dict.fromkeys(labels.tolist()))  # in rank order
+        keys = [((labels == c).sum(), scores[labels == c].sum(), -labels.tolist().index(c)) for c in candidates]
+        out[row] = candidates[max(range(len(candidates)), key=keys.__getitem__)]
+    return out
+
+
+def evaluate_retrieval(
+    query_vectors: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_vectors: np.ndarray,
+    gallery_labels: np.ndarray,
+    class_names: list[str],
+    k: int = 5,
+    k_max: int = 20,
+    metric: Metric = "cosine",
+    query_ids: np.ndarray | None = None,
+    gallery_ids: np.ndarray | None = None,
+    chunk_size: int = 1024,
+) -> RetrievalReport:
+    """Every retrieval metric of the README for one model (queries against a gallery)."""
+    k_max = max(k, k_max)
+    same_id = (
+        np.isin(query_ids, gallery_ids) if query_ids is not None and gallery_ids is not None else np.zeros(0, bool)
+    )
+    counts = np.bincount(gallery_labels, minlength=len(class_names))
+    num_relevant = counts[query_labels].astype(np.int64)
+    if same_id.size:  # the query itself is in the gallery and excluded: it is not a relevant result
+        num_relevant = num_relevant - same_id.astype(np.int64)
+    r_max = int(num_relevant.max()) if len(num_relevant) else 0
+    depth = min(max(k_max, r_max), len(gallery_vectors))
+    ranks = np.arange(1, depth + 1)
+    neighbours = np.empty((len(query_labels), min(k_max, depth)), np.int64)
+    scores = np.empty(neighbours.shape, np.float32)
+    ap_curve = np.zeros((len(query_labels), k_max))
+    map_at_r = np.zeros(len(query_labels))
+    r_precision = np.zeros(len(query_labels))
+    # Chunk by chunk, so MAP@R's R-deep ranking never exists for all queries at once.
+    for rows, idx, sc in iter_top_k(
+        query_vectors, gallery_vectors, depth, metric, chunk_size, query_ids=query_ids, gallery_ids=gallery_ids
+    ):
+        relevant = (gallery_labels[idx] == query_labels[rows, None]) & np.isfinite(sc)  # -inf: excluded self
+        r = num_relevant[rows]
+        for i in range(1, k_max + 1):
+            ap_curve[rows, i - 1] = average_precision_at_k(relevant, r, i)
+        rel_r = relevant & (ranks[None, : relevant.shape[1]] <= r[:, None])
+        precision = np.cumsum(relevant, axis=1) / ranks[: relevant.shape[1]]
+        safe_r = np.maximum(r, 1)
+        map_at_r[rows] = np.where(r > 0, (precision * rel_r).sum(1) / safe_r, 0.0)
+        r_precision[rows] = np.where(r > 0, rel_r.sum(1) / safe_r, 0.0)
+        neighbours[rows], scores[rows] = idx[:, : neighbours.shape[1]], sc[:, : neighbours.shape[1]]
+    relevant = (gallery_labels[neighbours] == query_labels[:, None]) & np.isfinite(scores)
+    ap_k = ap_curve[:, k - 1]
+    curve = [float(v) for v in ap_curve.mean(0)]
+    knn = majority_vote(gallery_labels[neighbours[:, :k]], scores[:, :k])
+    per_class = {
+        name: float(ap_k[query_labels == c].mean()) for c, name in enumerate(class_names) if np.any(query_labels == c)
+    }
+    metrics = {
+        f"map@{k}": float(ap_k.mean()),
+        "precision@1": float(relevant[:, 0].mean()),
+        f"precision@{k}": float(relevant[:, :k].mean()),
+        f"hit_rate@{k}": float(relevant[:, :k].any(1).mean()),
+        "map@r": float(map_at_r.mean()),
+        "r_precision": float(r_precision.mean()),
+        f"knn_accuracy@{k}": float((knn == query_labels).mean()),
+    }
+    return RetrievalReport(metrics, curve, per_class, knn, neighbours, scores)
+
+
+def linear_probe_accuracy(
+    train_vectors: np.ndarray, train_labels: np.ndarray, test_vectors: np.ndarray, test_labels: np.ndarray, seed: int
+) -> float:
+    """Logistic regression fitted on the gallery embeddings, scored on the queries."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(np.unique(train_labels)) < 2:
+        return float("nan")
+    probe = LogisticRegression(max_iter=2000, random_state=seed)
+    probe.fit(train_vectors, train_labels)
+    return float(probe.score(test_vectors, test_labels))

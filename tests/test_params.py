@@ -28,7 +28,7 @@ def test_dvc_exp_style_values_parse() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ({"dta": {}}, "params.yaml: dta: unknown key; allowed keys: data, augment"),
+        ({"dta": {}}, "params.yaml: dta: unknown key; allowed keys: data, augment, backbones, model, train"),
         ({"data": {"sorce": "digits"}}, "params.yaml: data.sorce: unknown key; allowed keys: source, url, path"),
         ({"data": {"source": "mnist"}}, "params.yaml: data.source: Input should be 'digits', 'cifar10' or 'folder'"),
         ({"data": {"image_size": "big"}}, "params.yaml: data.image_size: Input should be a valid integer"),
@@ -70,3 +70,33 @@ def test_stage_rejects_before_work(tmp_path: Path) -> None:
         "error: params.yaml: data.val_fraction: Input should be less than 1 (got 2)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_backbone_overrides_apply_to_that_backbone_only() -> None:
+    params = parse_params({"backbones": {"resnet50": {"lr": 0.01, "embedding_dim": 64}, "vgg16": None}})
+    model, train = params.for_backbone("resnet50")
+    assert train.lr == 0.01 and model.embedding_dim == 64
+    model, train = params.for_backbone("vgg16")
+    assert train.lr == 1e-3 and model.embedding_dim == 128
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"backbones": {"alexnet": None}}, "params.yaml: backbones.alexnet: unknown name; allowed: 'densenet121'"),
+        ({"backbones": {"vgg16": {"lrr": 1}}}, "params.yaml: backbones.vgg16.lrr: unknown key; allowed keys: weights"),
+        ({"backbones": {}}, "params.yaml: backbones: Dictionary should have at least 1 item"),
+        ({"train": {"epochs": 2, "warmup_epochs": 2}}, "params.yaml: train.warmup_epochs: must be < train.epochs"),
+        ({"train": {"loss": "arcface"}}, "params.yaml: train.loss: Input should be 'softmax', 'triplet'"),
+        ({"evaluate": {"metric": "manhattan"}}, "params.yaml: evaluate.metric: Input should be 'cosine'"),
+    ],
+)
+def test_bad_model_and_train_values(raw: dict, expected: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_override_out_of_range_names_the_backbone() -> None:
+    with pytest.raises(ParamsError, match=r"^params\.yaml: backbones\.vgg16\.warmup_epochs: must be < train\.epochs"):
+        parse_params({"backbones": {"vgg16": {"epochs": 1, "warmup_epochs": 3}}})

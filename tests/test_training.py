@@ -17,10 +17,9 @@ import yaml
 
 from embedlab.data.digits import write_digits
 from embedlab.data.prepare import prepare
-from embedlab.embeddings import EmbeddingSet
 from embedlab.params import DataParams, parse_params
 
-from .conftest import REPO, copy_repo, dvc, set_params
+from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -124,26 +123,6 @@ def test_triplet_loss_trains(workdir: Path, tmp_path: Path) -> None:
     (tmp_path / "data").symlink_to(workdir / "data")
     metrics = _train(tmp_path)
     assert metrics["epochs_run"] == 2 and np.isfinite(metrics["best_val_loss"])
-
-
-def test_dvc_repro_through_embed(tmp_path: Path) -> None:
-    repo = copy_repo(tmp_path / "repo")
-    set_params(
-        repo,
-        data__max_per_class=8,
-        backbones={"mobilenetv2": {"epochs": 2}},
-        model__embedding_dim=16,
-        train__batch_size=32,
-    )
-    dvc("repro", "embed@mobilenetv2", cwd=repo)
-    emb = EmbeddingSet.load(repo / "data" / "embeddings" / "mobilenetv2.npz")
-    assert emb.embeddings.shape == (80, 16) and emb.embeddings.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(emb.embeddings, axis=1), 1.0, atol=1e-5)
-    assert set(emb.splits) == {"train", "val", "test"} and len(set(emb.ids)) == 80
-    metrics = json.loads((repo / "metrics" / "train" / "mobilenetv2.json").read_text())
-    assert metrics["epochs_run"] == 2
-    again = dvc("repro", "embed@mobilenetv2", cwd=repo)
-    assert "Running stage" not in again.stdout
 
 
 def test_unknown_backbone_is_rejected() -> None:

@@ -1,0 +1,125 @@
+"""The ``embedlab`` command: query the pipeline's embeddings with any image.
+
+embedlab search photo.jpg --model densenet121 --k 5 --out collage.png
+embedlab search a.png b.jpg --model resnet50 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from embedlab.errors import UserError, run_main
+
+
+def _require(path: Path, target: str) -> Path:
+    if not path.exists():
+        raise UserError(
+            f"{path} is missing: run `dvc repro {target}` (or `dvc pull {target}` to fetch it from the remote)"
+        )
+    return path
+
+
+def search_images(
+    paths: list[str], model_name: str, k: int, metric: str, root: Path = Path(".")
+) -> tuple[list[dict], np.ndarray, object]:
+    """Embed each query image with the model and rank every prepared image; return (results, query pixels, data)."""
+    from embedlab.data.prepare import Prepared
+    from embedlab.embeddings import EmbeddingSet
+    from embedlab.images import fit_to_square, open_rgb
+    from embedlab.models import load_embedding_model
+    from embedlab.retrieval import search
+
+    prepared_info = json.loads(_require(root / "data/prepared/info.json", "preprocess").read_text())
+    size, fit = prepared_info["image_size"], prepared_info["fit"]
+    queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])  # fails before any model work
+    emb = EmbeddingSet.load(_require(root / f"data/embeddings/{model_name}.npz", f"embed@{model_name}"))
+    model = load_embedding_model(_require(root / f"models/{model_name}.keras", f"train@{model_name}"))
+    vectors = np.asarray(model.predict(queries, verbose=0), dtype=np.float32)
+    indices, scores = search(vectors, emb.embeddings, k, metric)
+    results = []
+    for path, idx, sc in zip(paths, indices, scores, strict=True):
+        results.append(
+            {
+                "query": path,
+                "results": [
+                    {
+                        "rank": rank + 1,
+                        "score": round(float(s), 6),
+                        "label": int(emb.labels[i]),
+                        "class": str(emb.class_names[emb.labels[i]]),
+                        "id": str(emb.ids[i]),
+                        "split": str(emb.splits[i]),
+                    }
+                    for rank, (i, s) in enumerate(zip(idx, sc, strict=True))
+                ],
+            }
+        )
+    return results, queries, Prepared.open(root / "data/prepared")
+
+
+def draw_collage(results: list[dict], queries: np.ndarray, prepared, out: str | Path) -> None:
+    """One row per query: the query, then its results with rank, score and class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    position = {image_id: row for row, image_id in enumerate(prepared.index["id"])}
+    k = max(len(r["results"]) for r in results)
+    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.8 * (k + 1), 2.0 * len(results)), squeeze=False)
+    for r, (result, query) in enumerate(zip(results, queries, strict=True)):
+        axes[r][0].imshow(query)
+        axes[r][0].set_title(f"query\n{Path(result['query']).name}", fontsize=7, fontweight="bold")
+        for c, hit in enumerate(result["results"], start=1):
+            axes[r][c].imshow(prepared.images[position[hit["id"]]])
+            axes[r][c].set_title(f"#{hit['rank']} {hit['score']:.3f}\n{hit['class']}", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _search(args: argparse.Namespace) -> None:
+    results, queries, prepared = search_images(args.images, args.model, args.k, args.metric)
+    if args.out:
+        draw_collage(results, queries, prepared, args.out)
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+        return
+    for result in results:
+        print(f"query: {result['query']}")
+        print(f"  {'rank':>4}  {'score':>7}  {'class':<12} id")
+        for hit in result["results"]:
+            print(f"  {hit['rank']:>4}  {hit['score']:>7.4f}  {hit['class']:<12} {hit['id']}")
+    if args.out:
+        print(f"collage: {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="embedlab", description="Query and export the pipeline's embeddings.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    search = commands.add_parser("search", help="top-k similar images for query images")
+    search.add_argument("images", nargs="+", help="image files (any format and mode Pillow reads)")
+    search.add_argument("--model", required=True, help="a backbone from params.yaml (e.g. densenet121)")
+    search.add_argument("--k", type=int, default=5)
+    search.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    search.add_argument("--out", help="write a collage PNG here")
+    search.add_argument("--json", action="store_true", help="print JSON for scripts")
+    search.set_defaults(run=_search)
+    args = parser.parse_args(argv)
+    if getattr(args, "k", 1) < 1:
+        parser.error("--k must be at least 1")
+    run_main(lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Retrieval search and metrics on hand-computed cases and against brute-force NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedlab.embeddings import l2_normalize
+from embedlab.retrieval import average_precision_at_k, evaluate_retrieval, majority_vote, search
+
+
+def _unit(angles_deg: list[float]) -> np.ndarray:
+    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
+
+
+def test_ap_at_k_hand_computed() -> None:
+    rel = np.array([[1, 0, 1, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    r = np.array([2, 1, 0, 9])
+    # q0: (1/1 + 2/3) / min(5, 2); q1 (k > R): (1/2) / 1; q2: class absent from gallery -> 0; q3: 5/5.
+    np.testing.assert_allclose(average_precision_at_k(rel, r, 5), [(1 + 2 / 3) / 2, 0.5, 0.0, 1.0])
+    np.testing.assert_allclose(average_precision_at_k(rel, r, 1), [1.0, 0.0, 0.0, 1.0])
+
+
+def test_full_report_hand_computed() -> None:
+    # Gallery on the unit circle; the query at 0° ranks the gallery by angle.
+    gallery = _unit([10, 20, 30, 40, 200])
+    gallery_labels = np.array([0, 1, 0, 1, 1])
+    query = _unit([0])
+    report = evaluate_retrieval(query, np.array([0]), gallery, gallery_labels, ["a", "b"], k=3, k_max=4)
+    # Ranking: 10°(a) 20°(b) 30°(a) 40°(b) 200°(b); R = 2 relevant (label a).
+    assert list(report.neighbours[0]) == [0, 1, 2, 3]
+    m = report.metrics
+    assert m["map@3"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["precision@1"] == 1.0 and m["precision@3"] == pytest.approx(2 / 3) and m["hit_rate@3"] == 1.0
+    assert m["r_precision"] == pytest.approx(0.5)  # one of the top R=2 is relevant
+    assert m["map@r"] == pytest.approx(0.5)  # (1/R) * P(1)*1 = 1/2
+    assert m["knn_accuracy@3"] == 1.0  # votes a, b, a
+    assert report.map_at_k_curve[0] == 1.0 and len(report.map_at_k_curve) == 4
+
+
+def test_ties_break_by_gallery_order_and_duplicates() -> None:
+    gallery = _unit([5, 5, 5, 5, 90])  # four identical vectors
+    labels = np.array([1, 0, 0, 1, 0])
+    idx, scores = search(_unit([0]), gallery, k=2)
+    assert list(idx[0]) == [0, 1] and scores[0, 0] == scores[0, 1]
+    idx, _ = search(_unit([0]), gallery, k=3, chunk_size=1)
+    assert list(idx[0]) == [0, 1, 2]
+    report = evaluate_retrieval(_unit([0]), np.array([0]), gallery, labels, ["x", "y"], k=2, k_max=2)
+    assert report.metrics["precision@1"] == 0.0 and report.metrics["map@2"] == pytest.approx(0.5 / 2)
+
+
+def test_self_excluded_by_id_not_by_rank() -> None:
+    gallery = _unit([0, 0, 50, 90])  # the query's own copy and an exact duplicate with another id
+    labels = np.array([0, 0, 1, 0])
+    ids = np.array(["q", "dup", "g2", "g3"])
+    report = evaluate_retrieval(
+        _unit([0]),
+        np.array([0]),
+        gallery,
+        labels,
+        ["a", "b"],
+        k=3,
+        k_max=3,
+        query_ids=np.array(["q"]),
+        gallery_ids=ids,
+    )
+    assert list(report.neighbours[0]) == [1, 2, 3]  # "q" itself gone, its duplicate kept
+    # R = 2 (dup, g3; the query itself does not count): (1/1 + 2/3) / 2
+    assert report.metrics["map@3"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_class_absent_from_gallery_scores_zero() -> None:
+    report = evaluate_retrieval(
+        _unit([0]), np.array([2]), _unit([1, 2]), np.array([0, 1]), ["a", "b", "c"], k=2, k_max=2
+    )
+    assert report.metrics["map@2"] == 0.0 and report.metrics["map@r"] == 0.0 and report.metrics["hit_rate@2"] == 0.0
+
+
+def test_majority_vote_ties() -> None:
+    labels = np.array([[1, 2, 2, 1], [3, 4, 5, 6]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.9, 0.8, 0.7, 0.6]])
+    # row 0: 1 and 2 tie on votes; summed score 1.0 vs 1.5 -> 2. row 1: all single, highest score -> 3.
+    assert list(majority_vote(labels, scores)) == [2, 3]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_matches_brute_numpy_and_chunking(metric: str) -> None:
+    rng = np.random.default_rng(0)
+    queries = l2_normalize(rng.normal(size=(53, 12)).astype(np.float32))
+    gallery = l2_normalize(rng.normal(size=(211, 12)).astype(np.float32))
+    if metric == "cosine":
+        reference_scores = queries @ gallery.T
+    else:
+        reference_scores = -np.linalg.norm(queries[:, None, :] - gallery[None, :, :], axis=2)
+    reference = np.argsort(-reference_scores, axis=1, kind="stable")[:, :7]
+    idx, scores = search(queries, gallery, 7, metric=metric)
+    np.testing.assert_array_equal(idx, reference)
+    np.testing.assert_allclose(scores, np.take_along_axis(reference_scores, reference, 1), atol=1e-5)
+    chunked, _ = search(queries, gallery, 7, metric=metric, chunk_size=5)
+    np.testing.assert_array_equal(chunked, idx)
