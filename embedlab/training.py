@@ -234,7 +234,8 @@ class Trainer:
         data, arrays = self._load_data()
         num_classes = len(data.class_names)
         pretrained = model_params.weights is not None
-        data_stamp = (self.prepared_dir / "index.csv").stat().st_size, (self.prepared_dir / "images.npy").stat().st_size
+        # The checkpoint is only valid for the same data: the index (ids, splits) and how the images were made.
+        data_stamp = [(self.prepared_dir / name).read_text() for name in ("index.csv", "info.json")]
         state_file = self.work / "state.json"
         fp = fingerprint(
             self.name, model_params.model_dump(), train.model_dump(), self.augment.model_dump(), data_stamp
