@@ -295,7 +295,7 @@ class Trainer:
                 )
                 train_seconds += time.perf_counter() - tick
                 train_images += len(order)
-                recalibrate_batchnorm(models.trainer, x_train[self._epoch_order(y_train, epoch)], train.batch_size)
+                recalibrate_batchnorm(models.trainer, x_train[order[: 8 * train.batch_size]], train.batch_size)
                 evaluation = models.trainer.evaluate(val_ds, verbose=0, return_dict=True)
                 row = {
                     "epoch": epoch,
@@ -305,7 +305,7 @@ class Trainer:
                     "val/accuracy": float(evaluation["logits_accuracy"]),
                     "lr": float(lr),
                 }
-                self._log(live, row, phase)
+                self._log(live, row)
                 state.history.append(row)
                 state.epoch = epoch + 1
                 if row["val/loss"] < state.best_val_loss - 1e-6:
@@ -358,7 +358,7 @@ class Trainer:
 
     # -- helpers ------------------------------------------------------------------------------------------------
     @staticmethod
-    def _log(live, row: dict[str, float], phase: str) -> None:
+    def _log(live, row: dict[str, float]) -> None:
         for key, value in row.items():
             if key != "epoch":
                 live.log_metric(key, value)
