@@ -2,6 +2,7 @@
 
 embedlab search photo.jpg --model densenet121 --k 5 --out collage.png
 embedlab search a.png b.jpg --model resnet50 --json
+embedlab export --model stack --format parquet --out stack.parquet
 """
 
 from __future__ import annotations
@@ -24,22 +25,36 @@ def _require(path: Path, target: str) -> Path:
     return path
 
 
+def embed_queries(images: np.ndarray, model_name: str, root: Path) -> np.ndarray:
+    """Query embeddings from the trained model; for ``stack``, every base model and then the stacker."""
+    from embedlab.embeddings import STACK
+    from embedlab.models import load_embedding_model
+    from embedlab.stacking import Stacker
+
+    def backbone(name: str) -> np.ndarray:
+        model = load_embedding_model(_require(root / f"models/{name}.keras", f"train@{name}"))
+        return np.asarray(model.predict(images, verbose=0), dtype=np.float32)
+
+    if model_name != STACK:
+        return backbone(model_name)
+    stacker = Stacker.load(_require(root / "models/stack.npz", STACK))
+    return stacker.transform([backbone(name) for name in stacker.backbones])
+
+
 def search_images(
     paths: list[str], model_name: str, k: int, metric: str, root: Path = Path(".")
 ) -> tuple[list[dict], np.ndarray, object]:
     """Embed each query image with the model and rank every prepared image; return (results, query pixels, data)."""
     from embedlab.data.prepare import Prepared
-    from embedlab.embeddings import EmbeddingSet
+    from embedlab.embeddings import EmbeddingSet, embedding_path, producing_stage
     from embedlab.images import fit_to_square, open_rgb
-    from embedlab.models import load_embedding_model
     from embedlab.retrieval import search
 
     prepared_info = json.loads(_require(root / "data/prepared/info.json", "preprocess").read_text())
     size, fit = prepared_info["image_size"], prepared_info["fit"]
     queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])  # fails before any model work
-    emb = EmbeddingSet.load(_require(root / f"data/embeddings/{model_name}.npz", f"embed@{model_name}"))
-    model = load_embedding_model(_require(root / f"models/{model_name}.keras", f"train@{model_name}"))
-    vectors = np.asarray(model.predict(queries, verbose=0), dtype=np.float32)
+    emb = EmbeddingSet.load(_require(embedding_path(model_name, root), producing_stage(model_name)))
+    vectors = embed_queries(queries, model_name, root)
     indices, scores = search(vectors, emb.embeddings, k, metric)
     results = []
     for path, idx, sc in zip(paths, indices, scores, strict=True):
@@ -104,17 +119,29 @@ def _search(args: argparse.Namespace) -> None:
         print(f"collage: {args.out}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from embedlab.export import export_embeddings
+
+    out = export_embeddings(args.model, args.format, args.out)
+    print(f"export: {args.model} -> {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="embedlab", description="Query and export the pipeline's embeddings.")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="top-k similar images for query images")
     search.add_argument("images", nargs="+", help="image files (any format and mode Pillow reads)")
-    search.add_argument("--model", required=True, help="a backbone from params.yaml (e.g. densenet121)")
+    search.add_argument("--model", required=True, help="a backbone from params.yaml (e.g. densenet121) or stack")
     search.add_argument("--k", type=int, default=5)
     search.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     search.add_argument("--out", help="write a collage PNG here")
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
     search.set_defaults(run=_search)
+    export = commands.add_parser("export", help="write a model's embeddings as one row per image")
+    export.add_argument("--model", required=True, help="a backbone, stack")
+    export.add_argument("--format", choices=["csv", "tsv", "parquet"], default="csv")
+    export.add_argument("--out", help="output file (default: <model>.<format>)")
+    export.set_defaults(run=_export)
     args = parser.parse_args(argv)
     if getattr(args, "k", 1) < 1:
         parser.error("--k must be at least 1")

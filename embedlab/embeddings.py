@@ -1,4 +1,4 @@
-"""Computing and storing embeddings: ``data/embeddings/<model>.npz``.
+"""Computing and storing embeddings: ``data/embeddings/<backbone>.npz`` and ``data/stack/stack.npz``.
 
 Each file holds ``embeddings`` (float32 ``(N, D)``, rows L2-normalised), ``ids``, ``labels``, ``splits`` (one per
 row, same order as ``data/prepared``) and ``class_names``. Strings are fixed-width unicode arrays, so the file
@@ -8,13 +8,34 @@ byte-identical files (and identical DVC hashes).
 
 from __future__ import annotations
 
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedlab.errors import UserError
 from embedlab.fsutil import atomic_file
+
+if TYPE_CHECKING:
+    from embedlab.data.prepare import Prepared
+
+
+STACK = "stack"
+
+
+def embedding_path(model: str, root: str | Path = ".") -> Path:
+    """Where a model's embeddings live: ``data/embeddings/<backbone>.npz``, or ``data/stack/stack.npz``."""
+    if model == STACK:
+        return Path(root) / "data" / "stack" / "stack.npz"
+    return Path(root) / "data" / "embeddings" / f"{model}.npz"
+
+
+def producing_stage(model: str) -> str:
+    """The DVC stage that writes a model's embeddings (for "run `dvc repro …`" messages)."""
+    return STACK if model == STACK else f"embed@{model}"
 
 
 @dataclass
@@ -43,9 +64,57 @@ class EmbeddingSet:
                     np.lib.format.write_array(member, array, allow_pickle=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> EmbeddingSet:
+    def load(cls, path: str | Path, mmap: bool = False) -> EmbeddingSet:
+        """Read a file; with ``mmap`` the embeddings matrix stays on disk as a read-only memory map."""
         with np.load(path, allow_pickle=False) as data:
-            return cls(*(data[key] for key in ("embeddings", "ids", "labels", "splits", "class_names")))
+            keys = ("embeddings", "ids", "labels", "splits", "class_names")
+            arrays = {key: data[key] for key in keys if not (mmap and key == "embeddings")}
+        if mmap:
+            arrays["embeddings"] = _memmap_member(path, "embeddings.npy")
+        return cls(**arrays)
+
+
+def _memmap_member(path: str | Path, member: str) -> np.ndarray:
+    """Memory-map one ``.npy`` member of an uncompressed zip (how :meth:`EmbeddingSet.save` writes them)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{path}: {member} is compressed and cannot be memory-mapped")
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
+
+
+RAW_PIXELS = "raw_pixels"
+
+
+def raw_pixel_set(prepared: Prepared) -> EmbeddingSet:
+    """The baseline model: each prepared image flattened and L2-normalised."""
+    flat = np.asarray(prepared.images, dtype=np.float32).reshape(len(prepared.index), -1)
+    index = prepared.index
+    return EmbeddingSet(
+        l2_normalize(flat), index["id"].to_numpy(), prepared.labels, index["split"].to_numpy(), prepared.class_names
+    )
+
+
+def load_sets(models: list[str], prepared: Prepared | None, root: str | Path = ".") -> dict[str, EmbeddingSet]:
+    """Each model's embeddings (a clear error naming the stage to run when one is missing), then ``raw_pixels``
+    when ``prepared`` is given."""
+    sets = {}
+    for model in models:
+        path = embedding_path(model, root)
+        if not path.exists():
+            raise UserError(f"{path} is missing: run `dvc repro {producing_stage(model)}`")
+        sets[model] = EmbeddingSet.load(path)
+    if prepared is not None:
+        sets[RAW_PIXELS] = raw_pixel_set(prepared)
+    return sets
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

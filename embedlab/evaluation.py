@@ -1,7 +1,7 @@
 """The evaluate stage: retrieval metrics per model, DVC plot data and example collages.
 
-Models are every ``data/embeddings/<name>.npz`` plus ``raw_pixels`` (the L2-normalised flattened prepared image),
-the baseline that shows what the CNNs add.
+Models are the backbones of ``params.yaml``, ``stack``, and ``raw_pixels`` (the L2-normalised flattened prepared
+image), the baseline that shows what the CNNs add.
 """
 
 from __future__ import annotations
@@ -11,26 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import EmbeddingSet, l2_normalize
+from embedlab.embeddings import EmbeddingSet, load_sets
 from embedlab.fsutil import write_json
 from embedlab.params import EvaluateParams
-from embedlab.retrieval import RetrievalReport, evaluate_retrieval, linear_probe_accuracy
-
-RAW_PIXELS = "raw_pixels"
-
-
-def raw_pixel_set(prepared: Prepared) -> EmbeddingSet:
-    flat = np.asarray(prepared.images, dtype=np.float32).reshape(len(prepared.index), -1)
-    index = prepared.index
-    return EmbeddingSet(
-        l2_normalize(flat), index["id"].to_numpy(), prepared.labels, index["split"].to_numpy(), prepared.class_names
-    )
-
-
-def load_sets(embeddings_dir: str | Path, prepared: Prepared) -> dict[str, EmbeddingSet]:
-    sets = {path.stem: EmbeddingSet.load(path) for path in sorted(Path(embeddings_dir).glob("*.npz"))}
-    sets[RAW_PIXELS] = raw_pixel_set(prepared)
-    return sets
+from embedlab.retrieval import FaissIndex, RetrievalReport, evaluate_retrieval, linear_probe_accuracy
 
 
 def gallery_rows(emb: EmbeddingSet, gallery: str) -> np.ndarray:
@@ -39,8 +23,9 @@ def gallery_rows(emb: EmbeddingSet, gallery: str) -> np.ndarray:
     return emb.split("train")
 
 
-def evaluate_model(emb: EmbeddingSet, params: EvaluateParams, seed: int) -> tuple[dict[str, float], RetrievalReport]:
+def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str, float], RetrievalReport]:
     queries, gallery = emb.split("test"), gallery_rows(emb, params.gallery)
+    index = FaissIndex(emb.embeddings[gallery], params.metric, params.faiss) if params.index == "faiss" else None
     report = evaluate_retrieval(
         emb.embeddings[queries],
         emb.labels[queries],
@@ -52,9 +37,10 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams, seed: int) -> tupl
         metric=params.metric,
         query_ids=emb.ids[queries],
         gallery_ids=emb.ids[gallery],
+        index=index,
     )
     probe = linear_probe_accuracy(
-        emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], seed
+        emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], params.seed
     )
     metrics = {**report.metrics, "linear_probe_accuracy": probe}
     return {key: round(value, 6) for key, value in metrics.items()}, report
@@ -62,18 +48,17 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams, seed: int) -> tupl
 
 def run_evaluation(
     params: EvaluateParams,
-    seed: int,
-    prepared_dir: str | Path = "data/prepared",
-    embeddings_dir: str | Path = "data/embeddings",
+    models: list[str],
+    root: str | Path = ".",
     metrics_dir: str | Path = "metrics/retrieval",
     plots_dir: str | Path = "plots/retrieval",
 ) -> dict[str, dict[str, float]]:
-    prepared = Prepared.open(prepared_dir)
-    sets = load_sets(embeddings_dir, prepared)
+    prepared = Prepared.open(Path(root) / "data" / "prepared")
+    sets = load_sets(models, prepared, root)
     plots_dir, metrics_dir = Path(plots_dir), Path(metrics_dir)
     curve_rows, class_rows, results = [], [], {}
     for name, emb in sets.items():
-        metrics, report = evaluate_model(emb, params, seed)
+        metrics, report = evaluate_model(emb, params)
         results[name] = metrics
         write_json(metrics_dir / f"{name}.json", metrics)
         curve_rows += [{"model": name, "k": i + 1, "map": round(v, 6)} for i, v in enumerate(report.map_at_k_curve)]
@@ -87,7 +72,7 @@ def run_evaluation(
                 for a, p in zip(names[emb.labels[queries]], names[report.knn_predictions], strict=True)
             ],
         )
-        draw_examples(prepared, emb, report, params, seed, plots_dir / "examples" / f"{name}_examples.png", name)
+        draw_examples(prepared, emb, report, params, plots_dir / "examples" / f"{name}_examples.png", name)
     write_json(plots_dir / "map_at_k.json", curve_rows)
     write_json(plots_dir / "per_class_ap.json", class_rows)
     return results
@@ -98,7 +83,6 @@ def draw_examples(
     emb: EmbeddingSet,
     report: RetrievalReport,
     params: EvaluateParams,
-    seed: int,
     out: Path,
     title: str,
 ) -> None:
@@ -110,7 +94,7 @@ def draw_examples(
 
     queries, gallery = emb.split("test"), gallery_rows(emb, params.gallery)
     picks = np.sort(
-        np.random.default_rng(seed).choice(len(queries), size=min(params.examples, len(queries)), replace=False)
+        np.random.default_rng(params.seed).choice(len(queries), size=min(params.examples, len(queries)), replace=False)
     )
     position = {image_id: row for row, image_id in enumerate(prepared.index["id"])}
     k = params.k

@@ -8,7 +8,9 @@ it the same way. A classifier head on the embedding is kept separately for the s
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +186,36 @@ def load_weights(model: keras.Model, path: str) -> None:
         model.load_weights(file)
     except ValueError as err:
         raise UserError(f"model.weights: {path} does not fit this model ({err})".replace("\n", " ")) from err
+
+
+def normalize_keras_file(path: str | Path) -> None:
+    """Strip what makes two saves of the same model differ: Keras writes the save time into ``metadata.json``
+    (``date_saved``) and as the zip timestamp of the weights member. Both become fixed, so identical weights give
+    byte-identical ``.keras`` files and DVC hashes."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    tmp = path.with_name(f".normalizing.{path.name}")
+    with zipfile.ZipFile(tmp, "w") as archive:
+        for info, data in members:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            archive.writestr(fixed, data)
+    os.replace(tmp, path)
+
+
+def save_embedding_model(model: keras.Model, path: str | Path) -> None:
+    """Save atomically and reproducibly (see :func:`normalize_keras_file`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp.{path.name}")
+    model.save(tmp)
+    normalize_keras_file(tmp)
+    os.replace(tmp, path)
 
 
 def load_embedding_model(path: str | Path) -> keras.Model:

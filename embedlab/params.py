@@ -110,12 +110,59 @@ class BackboneOverrides(_Section):
     batch_size: Annotated[int, Field(ge=2)] | None = None
 
 
+class FaissParams(_Section):
+    """The approximate index used when ``evaluate.index`` is ``faiss``."""
+
+    type: Literal["flat", "hnsw", "ivf"] = "hnsw"
+    hnsw_m: Annotated[int, Field(ge=4, le=256)] = 32
+    ef_construction: Annotated[int, Field(ge=8)] = 200
+    ef_search: Annotated[int, Field(ge=8)] = 128
+    nlist: Annotated[int, Field(ge=1)] = 256
+    nprobe: Annotated[int, Field(ge=1)] = 16
+
+
 class EvaluateParams(_Section):
     k: Annotated[int, Field(ge=1, le=1000)] = 5
     k_max: Annotated[int, Field(ge=1, le=1000)] = 20
     metric: Literal["cosine", "euclidean"] = "cosine"
     gallery: Literal["train", "train+val"] = "train"
     examples: Annotated[int, Field(ge=1, le=64)] = 8
+    index: Literal["exact", "faiss"] = "exact"
+    faiss: FaissParams = FaissParams()
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
+class StackParams(_Section):
+    method: Literal["concat", "pca", "weighted", "mlp"] = "concat"
+    models: list[BackboneName] | None = None  # None: every backbone in ``backbones``
+    dim: Annotated[int, Field(ge=2, le=4096)] = 32
+    whiten_shrinkage: Annotated[float, Field(ge=0)] = 1.0
+    hidden: Annotated[int, Field(ge=2, le=8192)] = 256
+    loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax+triplet"
+    triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
+    epochs: PositiveInt = 60
+    lr: PositiveFloat = 1e-3
+    batch_size: Annotated[int, Field(ge=2)] = 128
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
+class TsneParams(_Section):
+    perplexity: Annotated[float, Field(ge=2, le=100)] = 30.0
+    sample: Annotated[int, Field(ge=10)] = 1000  # points, drawn evenly per class
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
+class ClusterParams(_Section):
+    k: Annotated[int, Field(ge=2)] | None = None  # None: the number of classes
+    n_init: PositiveInt = 10
+    method: Literal["tsne", "pca", "tsne+pca"] = "tsne"
+    tsne: TsneParams = TsneParams()
+    seed: Annotated[int, Field(ge=0)] = 42
+
+
+class ProjectorParams(_Section):
+    max_points: Annotated[int, Field(ge=1, le=100_000)] = 2000  # TensorBoard's sprites struggle beyond ~10k
+    thumbnail: Annotated[int, Field(ge=8, le=128)] = 32  # sprite cell side in pixels
     seed: Annotated[int, Field(ge=0)] = 42
 
 
@@ -128,12 +175,29 @@ class Params(_Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    stack: StackParams = StackParams()
+    cluster: ClusterParams = ClusterParams()
+    projector: ProjectorParams = ProjectorParams()
 
     @model_validator(mode="after")
     def _check_overrides(self) -> Params:
         for name in self.backbones:  # an override that breaks a cross-key rule fails here, before any stage works
             self.for_backbone(name)
+        for name in self.stack.models or []:
+            if name not in self.backbones:
+                raise ValueError(f"stack.models: {name!r} is not in backbones ({', '.join(self.backbones)})")
         return self
+
+    @property
+    def stacked_backbones(self) -> list[str]:
+        """The backbones the stack combines, in ``backbones`` order."""
+        chosen = self.stack.models or list(self.backbones)
+        return [name for name in self.backbones if name in chosen]
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every model evaluate and cluster report: the backbones, then ``stack``."""
+        return [*self.backbones, "stack"]
 
     def for_backbone(self, name: str) -> tuple[ModelParams, TrainParams]:
         """``model`` and ``train`` with this backbone's overrides applied (and validated again)."""

@@ -1,9 +1,14 @@
 """Exact k-nearest-neighbour search and the retrieval metrics built on it.
 
-Search is chunked over queries: each chunk's similarity block is ``chunk_size × len(gallery)`` float32, so the
-extra memory is bounded by ``chunk_size × len(gallery) × 4`` bytes (plus the k results per query) whatever the
-number of queries. The top k come from ``argpartition`` then a sort; ties are broken by gallery position (lower
-first), so results never depend on the partition's internal order.
+Search is chunked over queries. A chunk of q queries against a gallery of n rows needs a float32 similarity
+block and ``argpartition``'s int64 index block (and for euclidean one more float32 block): at most 16·q·n bytes.
+Chunks are sized so that this stays under :data:`BLOCK_BYTES` (256 MiB), so peak extra memory is ~256 MiB plus the
+k results per query, whatever the number of queries (the gallery itself must fit in memory). The top k come from
+``argpartition`` then a sort; ties are broken by gallery position (lower first), so results never depend on the
+partition's internal order.
+
+For galleries too large for exact search, :class:`FaissIndex` answers the same queries from a ``faiss-cpu`` index
+(``flat`` is exact; ``hnsw`` and ``ivf`` are approximate, tuned by ``evaluate.faiss.*``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedlab.params import FaissParams
+
 Metric = str  # "cosine" | "euclidean"
+BLOCK_BYTES = 256 * 2**20
+
+
+def rows_per_chunk(gallery_size: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """Queries per chunk so that the score and index blocks (≤ 16 bytes per pair) fit in ``block_bytes``."""
+    return max(1, block_bytes // (16 * max(gallery_size, 1)))
 
 
 def _scores(block: np.ndarray, gallery: np.ndarray, metric: Metric, gallery_sq: np.ndarray | None) -> np.ndarray:
@@ -25,10 +38,9 @@ def _scores(block: np.ndarray, gallery: np.ndarray, metric: Metric, gallery_sq: 
     return sims
 
 
-def _exclude_self(sims: np.ndarray, query_ids: np.ndarray | None, gallery_ids: np.ndarray | None) -> None:
-    if query_ids is None or gallery_ids is None:
+def _exclude_self(sims: np.ndarray, query_ids: np.ndarray | None, position: dict | None) -> None:
+    if query_ids is None or position is None:
         return
-    position = {gid: i for i, gid in enumerate(gallery_ids)}
     for row, qid in enumerate(query_ids):
         hit = position.get(qid)
         if hit is not None:
@@ -40,7 +52,7 @@ def _top_k_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k >= sims.shape[1]:
         order = np.argsort(-sims, axis=1, kind="stable")
         return order, np.take_along_axis(sims, order, axis=1)
-    part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    part = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, -k:]
     part_scores = np.take_along_axis(sims, part, axis=1)
     ranked = np.lexsort((part, -part_scores), axis=1)
     part, part_scores = np.take_along_axis(part, ranked, axis=1), np.take_along_axis(part_scores, ranked, axis=1)
@@ -53,24 +65,96 @@ def _top_k_rows(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return part, part_scores
 
 
+class FaissIndex:
+    """A faiss index over the gallery, scored like exact search (cosine: inner product; euclidean: −distance).
+
+    By default the index is built single-threaded, so HNSW graphs (whose shape depends on insertion order across
+    threads) are the same on every run; ``build_threads=None`` uses every core (benchmarks). Searches use every core.
+    """
+
+    def __init__(self, gallery: np.ndarray, metric: Metric, params: FaissParams, build_threads: int | None = 1) -> None:
+        import faiss
+
+        gallery = np.ascontiguousarray(gallery, np.float32)
+        self.metric, self.is_hnsw = metric, params.type == "hnsw"
+        dim = gallery.shape[1]
+        faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+        if params.type == "flat":
+            index = faiss.IndexFlat(dim, faiss_metric)
+        elif params.type == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss_metric)
+            index.hnsw.efConstruction = params.ef_construction
+            index.hnsw.efSearch = params.ef_search
+        else:
+            nlist = max(1, min(params.nlist, len(gallery) // 39))  # faiss wants ≥ 39 training points per list
+            index = faiss.IndexIVFFlat(faiss.IndexFlat(dim, faiss_metric), dim, nlist, faiss_metric)
+            index.cp.seed = 1234
+            index.nprobe = min(params.nprobe, nlist)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(build_threads or threads)
+        try:
+            if not index.is_trained:
+                index.train(gallery)
+            index.add(gallery)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        self.index = index
+
+    def top_k(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.is_hnsw:  # HNSW returns at most efSearch results
+            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, k)
+        scores, indices = self.index.search(np.ascontiguousarray(queries, np.float32), k)
+        if self.metric == "euclidean":
+            scores = -np.sqrt(np.maximum(scores, 0))
+        scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)  # fewer than k found
+        return indices.astype(np.int64), scores
+
+
+def _drop_self(
+    indices: np.ndarray, scores: np.ndarray, k: int, query_ids: np.ndarray, gallery_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """From k+1 results per row, remove the query's own id (else the last result), keeping the order."""
+    keep = np.ones(indices.shape, bool)
+    is_self = (gallery_ids[np.maximum(indices, 0)] == query_ids[:, None]) & (indices >= 0)
+    has_self = is_self.any(1)
+    keep[has_self] = ~is_self[has_self]
+    keep[~has_self, -1] = False
+    return indices[keep].reshape(len(indices), k), scores[keep].reshape(len(indices), k)
+
+
 def iter_top_k(
     queries: np.ndarray,
     gallery: np.ndarray,
     k: int,
     metric: Metric = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     query_ids: np.ndarray | None = None,
     gallery_ids: np.ndarray | None = None,
+    index: FaissIndex | None = None,
 ) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-    """Yield ``(query slice, indices, scores)`` chunk by chunk: the top ``k`` gallery rows per query, best first."""
+    """Yield ``(query slice, indices, scores)`` chunk by chunk: the top ``k`` gallery rows per query, best first.
+
+    Without ``index`` the search is exact over the whole gallery; with one, the faiss index answers (it must
+    have been built on ``gallery``).
+    """
     queries = np.asarray(queries, np.float32)
     gallery = np.asarray(gallery, np.float32)
     k = min(k, len(gallery))
     gallery_sq = (gallery**2).sum(1) if metric == "euclidean" else None
+    chunk_size = chunk_size or rows_per_chunk(len(gallery))
+    position = None if gallery_ids is None else {gid: i for i, gid in enumerate(gallery_ids)}
     for start in range(0, len(queries), chunk_size):
         rows = slice(start, start + chunk_size)
+        chunk_ids = None if query_ids is None else query_ids[rows]
+        if index is not None:
+            exclude = chunk_ids is not None and gallery_ids is not None and k < len(gallery)
+            indices, scores = index.top_k(queries[rows], k + 1 if exclude else k)
+            if exclude:
+                indices, scores = _drop_self(indices, scores, k, chunk_ids, gallery_ids)
+            yield rows, indices, scores
+            continue
         sims = _scores(queries[rows], gallery, metric, gallery_sq)
-        _exclude_self(sims, None if query_ids is None else query_ids[rows], gallery_ids)
+        _exclude_self(sims, chunk_ids, position)
         indices, scores = _top_k_rows(sims, k)
         yield rows, indices, scores
 
@@ -80,9 +164,10 @@ def search(
     gallery: np.ndarray,
     k: int,
     metric: Metric = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     query_ids: np.ndarray | None = None,
     gallery_ids: np.ndarray | None = None,
+    index: FaissIndex | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(indices, scores)`` of the top ``k`` gallery rows per query, best first.
 
@@ -93,7 +178,7 @@ def search(
     indices = np.empty((len(queries), k), np.int64)
     scores = np.empty((len(queries), k), np.float32)
     for rows, chunk_indices, chunk_scores in iter_top_k(
-        queries, gallery, k, metric, chunk_size, query_ids, gallery_ids
+        queries, gallery, k, metric, chunk_size, query_ids, gallery_ids, index
     ):
         indices[rows], scores[rows] = chunk_indices, chunk_scores
     return indices, scores
@@ -138,7 +223,8 @@ def evaluate_retrieval(
     metric: Metric = "cosine",
     query_ids: np.ndarray | None = None,
     gallery_ids: np.ndarray | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
+    index: FaissIndex | None = None,
 ) -> RetrievalReport:
     """Every retrieval metric of the README for one model (queries against a gallery)."""
     k_max = max(k, k_max)
@@ -159,7 +245,7 @@ def evaluate_retrieval(
     r_precision = np.zeros(len(query_labels))
     # Chunk by chunk, so MAP@R's R-deep ranking never exists for all queries at once.
     for rows, idx, sc in iter_top_k(
-        query_vectors, gallery_vectors, depth, metric, chunk_size, query_ids=query_ids, gallery_ids=gallery_ids
+        query_vectors, gallery_vectors, depth, metric, chunk_size, query_ids, gallery_ids, index
     ):
         relevant = (gallery_labels[idx] == query_labels[rows, None]) & np.isfinite(sc)  # -inf: excluded self
         r = num_relevant[rows]

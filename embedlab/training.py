@@ -226,7 +226,7 @@ class Trainer:
         import keras
 
         from embedlab.augment import build_augmentation
-        from embedlab.models import build_models
+        from embedlab.models import build_models, save_embedding_model
 
         train, model_params = self.train_params, self.model_params
         configure_determinism(train.seed)
@@ -337,7 +337,7 @@ class Trainer:
             if len(ds)
         }
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        models.embedding.save(self.models_dir / f"{self.name}.keras")
+        save_embedding_model(models.embedding, self.models_dir / f"{self.name}.keras")
         _save_atomic(self.models_dir / f"{self.name}.weights.h5", models.trainer.save_weights)
         metrics: dict[str, float | int] = {
             "train_accuracy": round(float(scores.get("train", float("nan"))), 6),

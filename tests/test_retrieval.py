@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from embedlab.embeddings import l2_normalize
-from embedlab.retrieval import average_precision_at_k, evaluate_retrieval, majority_vote, search
+from embedlab.params import FaissParams
+from embedlab.retrieval import FaissIndex, average_precision_at_k, evaluate_retrieval, majority_vote, search
 
 
 def _unit(angles_deg: list[float]) -> np.ndarray:
@@ -99,3 +100,45 @@ def test_exact_matches_brute_numpy_and_chunking(metric: str) -> None:
     np.testing.assert_allclose(scores, np.take_along_axis(reference_scores, reference, 1), atol=1e-5)
     chunked, _ = search(queries, gallery, 7, metric=metric, chunk_size=5)
     np.testing.assert_array_equal(chunked, idx)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_faiss_flat_returns_the_exact_neighbours(metric: str) -> None:
+    rng = np.random.default_rng(3)
+    gallery = l2_normalize(rng.normal(size=(700, 24)))
+    queries = l2_normalize(rng.normal(size=(90, 24)))
+    flat = FaissIndex(gallery, metric, FaissParams(type="flat"))
+    exact_idx, exact_scores = search(queries, gallery, 10, metric)
+    faiss_idx, faiss_scores = search(queries, gallery, 10, metric, chunk_size=32, index=flat)
+    np.testing.assert_array_equal(faiss_idx, exact_idx)
+    np.testing.assert_allclose(faiss_scores, exact_scores, atol=1e-5)
+
+
+def test_faiss_excludes_self_by_id_like_exact_search() -> None:
+    rng = np.random.default_rng(4)
+    vectors = l2_normalize(rng.normal(size=(200, 8)))
+    ids = np.array([f"img{i}" for i in range(200)])
+    queries, query_ids = vectors[:50], ids[:50]  # every query is also in the gallery
+    flat = FaissIndex(vectors, "cosine", FaissParams(type="flat"))
+    exact = search(queries, vectors, 5, query_ids=query_ids, gallery_ids=ids)
+    approx = search(queries, vectors, 5, query_ids=query_ids, gallery_ids=ids, index=flat)
+    np.testing.assert_array_equal(approx[0], exact[0])
+    assert not np.any(approx[0] == np.arange(50)[:, None])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_faiss_approximate_indexes_recall_and_metrics(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32))
+    labels = rng.integers(0, 20, size=3000)
+    vectors = l2_normalize(centres[labels] + 0.6 * rng.normal(size=(3000, 32)))
+    gallery, queries = vectors[:2500], vectors[2500:]
+    index = FaissIndex(gallery, "cosine", FaissParams(type=kind, nlist=16, nprobe=8))
+    exact_idx, _ = search(queries, gallery, 5)
+    approx_idx, _ = search(queries, gallery, 5, index=index)
+    recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx_idx, exact_idx, strict=True)])
+    assert recall >= 0.9
+    names = [str(c) for c in range(20)]
+    exact_report = evaluate_retrieval(queries, labels[2500:], gallery, labels[:2500], names, k=5)
+    approx_report = evaluate_retrieval(queries, labels[2500:], gallery, labels[:2500], names, k=5, index=index)
+    assert abs(approx_report.metrics["map@5"] - exact_report.metrics["map@5"]) < 0.02

@@ -1,0 +1,116 @@
+"""Retrieval speed and memory: our exact search vs scikit-learn brute force, and faiss recall against exact.
+
+    python benchmarks/retrieval.py                       # 10,000 × 50,000 × 256, then faiss on 1,000,000
+    python benchmarks/retrieval.py --gallery 5000 --queries 500 --faiss-gallery 20000   # a quick look
+
+Every measurement runs in its own child process, so each peak RSS (from ``wait4``) is that method's alone. The
+data are L2-normalised points around 1,000 random centres (uniform random vectors have no neighbours worth the
+name, which makes approximate indexes look worse than on real embeddings and exact ones no different).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+K = 5
+
+
+def make_data(count: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(0).normal(size=(1000, dim)).astype(np.float32)
+    x = centres[rng.integers(0, 1000, size=count)] + rng.normal(scale=0.7, size=(count, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def child(method: str, queries: int, gallery: int, dim: int, extra: dict) -> dict:
+    """Runs inside the child: build data, time the method, return its neighbours' digest and timings."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from embedlab.params import FaissParams
+    from embedlab.retrieval import FaissIndex, search
+
+    q, g = make_data(queries, dim, 1), make_data(gallery, dim, 2)
+    start = time.perf_counter()
+    if method == "embedlab_exact":
+        indices, _ = search(q, g, K)
+    elif method == "sklearn_brute":
+        nn = NearestNeighbors(n_neighbors=K, algorithm="brute", metric="cosine").fit(g)
+        _, indices = nn.kneighbors(q)
+    else:
+        index = FaissIndex(g, "cosine", FaissParams(type=method.removeprefix("faiss_"), **extra), build_threads=None)
+        built = time.perf_counter()
+        indices, _ = search(q, g, K, index=index)
+        np.save(os.environ["BENCH_OUT"], indices)
+        return {"build_s": built - start, "search_s": time.perf_counter() - built}
+    elapsed = time.perf_counter() - start
+    np.save(os.environ["BENCH_OUT"], indices)
+    return {"search_s": elapsed}
+
+
+def measure(method: str, queries: int, gallery: int, dim: int, out: str, extra: dict | None = None) -> dict:
+    """Run one method in a child process; return its timings, peak RSS (MiB) and neighbour file."""
+    args = [sys.executable, __file__, "--child", method, str(queries), str(gallery), str(dim), json.dumps(extra or {})]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, env={**os.environ, "BENCH_OUT": out})
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{method} failed")
+    return {**json.loads(stdout), "peak_rss_mib": usage.ru_maxrss / 1024, "neighbours": out}
+
+
+def recall(approx: str, exact: str) -> float:
+    a, e = np.load(approx), np.load(exact)
+    return float(np.mean([len(set(x) & set(y)) / K for x, y in zip(a, e, strict=True)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--gallery", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--faiss-queries", type=int, default=1_000)
+    parser.add_argument("--faiss-gallery", type=int, default=1_000_000)
+    parser.add_argument("--workdir", default="/tmp/embedlab-bench")
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    path = lambda name: os.path.join(args.workdir, f"{name}.npy")  # noqa: E731
+
+    print(f"exact search: {args.queries:,} queries × {args.gallery:,} gallery × {args.dim}-d, top {K}, cosine")
+    ours = measure("embedlab_exact", args.queries, args.gallery, args.dim, path("ours"))
+    sk = measure("sklearn_brute", args.queries, args.gallery, args.dim, path("sklearn"))
+    for name, row in (("embedlab exact", ours), ("sklearn brute", sk)):
+        print(f"  {name:<15} {row['search_s']:7.2f} s   peak RSS {row['peak_rss_mib']:7.0f} MiB")
+    same = recall(path("ours"), path("sklearn"))
+    print(f"  speed-up {sk['search_s'] / ours['search_s']:.2f}×, same neighbours: {same:.4f}")
+
+    print(f"faiss: {args.faiss_queries:,} queries × {args.faiss_gallery:,} gallery × {args.dim}-d, recall@{K} vs exact")
+    truth = measure("embedlab_exact", args.faiss_queries, args.faiss_gallery, args.dim, path("truth"))
+    print(f"  {'exact':<28} search {truth['search_s']:7.2f} s   peak RSS {truth['peak_rss_mib']:7.0f} MiB")
+    configs = [
+        ("faiss_hnsw", {"hnsw_m": 16, "ef_construction": 100, "ef_search": 64}),
+        ("faiss_ivf", {"nlist": 4096, "nprobe": 32}),
+    ]
+    for method, extra in configs:
+        row = measure(method, args.faiss_queries, args.faiss_gallery, args.dim, path(method), extra)
+        label = f"{method.removeprefix('faiss_')} {extra}"
+        print(
+            f"  {label:<28} search {row['search_s']:7.2f} s ({truth['search_s'] / row['search_s']:5.1f}× exact)"
+            f"   build {row['build_s']:6.1f} s   peak RSS {row['peak_rss_mib']:7.0f} MiB"
+            f"   recall@{K} {recall(path(method), path('truth')):.4f}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        method, queries, gallery, dim, extra = sys.argv[2:7]
+        print(json.dumps(child(method, int(queries), int(gallery), int(dim), json.loads(extra))))
+    else:
+        main()

@@ -1,0 +1,118 @@
+"""The stacking ensemble: every method, validation-only fitting, persistence and the stage's outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedlab.embeddings import EmbeddingSet, l2_normalize
+from embedlab.errors import UserError
+from embedlab.params import StackParams
+from embedlab.stacking import Stacker, fit_stacker, run_stack, stack_embeddings
+
+CLASSES = 4
+
+
+def _sets(seed: int = 0, per_split: tuple[int, int, int] = (60, 40, 40)) -> dict[str, EmbeddingSet]:
+    """Two 'backbones' over the same images: class signal plus noise, in different dimensions."""
+    rng = np.random.default_rng(seed)
+    splits = np.repeat(["train", "val", "test"], per_split)
+    labels = np.arange(len(splits)) % CLASSES
+    ids = np.array([f"img{i:04d}" for i in range(len(splits))])
+    names = np.array([f"c{i}" for i in range(CLASSES)])
+    sets = {}
+    for name, dim in (("a", 6), ("b", 10)):
+        centres = rng.normal(size=(CLASSES, dim))
+        vectors = l2_normalize(centres[labels] + 0.8 * rng.normal(size=(len(labels), dim)))
+        sets[name] = EmbeddingSet(vectors, ids, labels, splits, names)
+    return sets
+
+
+def _poison_train(sets: dict[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
+    out = {}
+    for name, emb in sets.items():
+        vectors = emb.embeddings.copy()
+        vectors[emb.split("train")] = np.random.default_rng(99).normal(size=(len(emb.split("train")), vectors.shape[1]))
+        out[name] = EmbeddingSet(vectors, emb.ids, emb.labels, emb.splits, emb.class_names)
+    return out
+
+
+@pytest.mark.parametrize("method", ["concat", "pca", "weighted", "mlp"])
+def test_every_method_gives_unit_embeddings_and_never_reads_train(method: str, tmp_path: Path) -> None:
+    params = StackParams(method=method, dim=8, hidden=16, epochs=5, batch_size=32)
+    sets = _sets()
+    stacked, stacker, metrics = stack_embeddings(sets, params)
+    assert stacked.embeddings.shape[0] == 140 and metrics["fit_rows"] == 40
+    np.testing.assert_allclose(np.linalg.norm(stacked.embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(stacked.ids, sets["a"].ids)
+    # Replacing every train-split embedding by noise changes nothing the stacker learned.
+    _, poisoned_stacker, _ = stack_embeddings(_poison_train(sets), params)
+    assert stacker.arrays.keys() == poisoned_stacker.arrays.keys()
+    for key, value in stacker.arrays.items():
+        np.testing.assert_allclose(poisoned_stacker.arrays[key], value, atol=1e-6)
+    # The saved stacker applies to new embeddings exactly as the fitted one.
+    stacker.save(tmp_path / "stack.npz")
+    loaded = Stacker.load(tmp_path / "stack.npz")
+    assert loaded.method == method and loaded.backbones == ["a", "b"]
+    blocks = [sets["a"].embeddings[:7], sets["b"].embeddings[:7]]
+    np.testing.assert_allclose(loaded.transform(blocks), stacked.embeddings[:7], atol=1e-5)
+
+
+def test_fit_refuses_anything_but_validation_rows() -> None:
+    sets = _sets()
+    emb = sets["a"]
+    with pytest.raises(AssertionError, match="validation"):
+        fit_stacker("pca", ["a"], [emb.embeddings], emb.labels, emb.splits, StackParams(method="pca"), CLASSES)
+
+
+def test_concat_is_the_mean_of_cosines_and_weighted_learns_the_informative_backbone() -> None:
+    sets = _sets()
+    stacked, _, _ = stack_embeddings(sets, StackParams(method="concat"))
+    a, b = sets["a"].embeddings, sets["b"].embeddings
+    np.testing.assert_allclose(
+        stacked.embeddings[:5] @ stacked.embeddings[5:10].T, (a[:5] @ a[5:10].T + b[:5] @ b[5:10].T) / 2, atol=1e-5
+    )
+    noise = EmbeddingSet(
+        l2_normalize(np.random.default_rng(7).normal(size=b.shape)), *(getattr(sets["b"], f) for f in _META)
+    )
+    _, _, metrics = stack_embeddings({"a": sets["a"], "noise": noise}, StackParams(method="weighted", epochs=40))
+    assert metrics["weight_a"] > metrics["weight_noise"]
+
+
+_META = ("ids", "labels", "splits", "class_names")
+
+
+def test_pca_whitening_is_capped_by_validation_size() -> None:
+    _, stacker, metrics = stack_embeddings(_sets(), StackParams(method="pca", dim=1000))
+    assert metrics["dim"] == 16 and stacker.arrays["projection"].shape == (16, 16)  # 6 + 10 input dims
+    _, _, small = stack_embeddings(_sets(per_split=(20, 8, 8)), StackParams(method="pca", dim=1000))
+    assert small["dim"] == 7  # 8 validation rows carry at most 7 directions
+
+
+def test_run_stack_writes_outputs_and_reports_missing_inputs(tmp_path: Path) -> None:
+    for name, emb in _sets().items():
+        emb.save(tmp_path / "emb" / f"{name}.npz")
+    metrics = run_stack(
+        ["a", "b"],
+        StackParams(method="pca", dim=4),
+        tmp_path / "emb",
+        tmp_path / "stack" / "stack.npz",
+        tmp_path / "models" / "stack.npz",
+        tmp_path / "stack.json",
+    )
+    assert json.loads((tmp_path / "stack.json").read_text()) == metrics
+    assert metrics["method"] == "pca" and metrics["dim"] == 4 and 0.5 < metrics["test_accuracy"] <= 1
+    assert EmbeddingSet.load(tmp_path / "stack" / "stack.npz").embeddings.shape == (140, 4)
+    with pytest.raises(UserError, match=r"dvc repro embed@c"):
+        run_stack(["a", "c"], StackParams(), tmp_path / "emb", tmp_path / "s.npz", tmp_path / "m.npz", tmp_path / "j")
+
+
+def test_misaligned_backbones_are_refused() -> None:
+    sets = _sets()
+    shuffled = sets["b"]
+    sets["b"] = EmbeddingSet(shuffled.embeddings, shuffled.ids[::-1], *(getattr(shuffled, f) for f in _META[1:]))
+    with pytest.raises(UserError, match="different images"):
+        stack_embeddings(sets, StackParams())
