@@ -1,4 +1,4 @@
-"""A tiny real pipeline (`dvc repro` through evaluate with one small backbone), then the search command on it."""
+"""A tiny real pipeline (the whole `dvc repro` with one small backbone), then the commands and the report on it."""
 
 from __future__ import annotations
 
@@ -13,24 +13,9 @@ from PIL import Image
 
 from embedlab.embeddings import EmbeddingSet
 
-from .conftest import copy_repo, dvc, run, set_params
+from .conftest import dvc, run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    set_params(
-        repo,
-        data__max_per_class=8,
-        backbones={"mobilenetv2": {"epochs": 2}},
-        model__embedding_dim=16,
-        train__batch_size=32,
-        evaluate__examples=3,
-    )
-    dvc("repro", "evaluate", cwd=repo)
-    return repo
 
 
 def test_embeddings_follow_the_contract(pipeline: Path) -> None:
@@ -42,7 +27,7 @@ def test_embeddings_follow_the_contract(pipeline: Path) -> None:
 
 
 def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
-    for model in ("mobilenetv2", "raw_pixels"):
+    for model in ("mobilenetv2", "stack", "raw_pixels"):
         metrics = json.loads((pipeline / "metrics" / "retrieval" / f"{model}.json").read_text())
         assert {
             "map@5",
@@ -60,7 +45,14 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
         assert len(confusion) == 20  # test queries: 2 per class
     shown = dvc("metrics", "show", cwd=pipeline).stdout
     assert "metrics/retrieval/mobilenetv2.json" in shown and "metrics/retrieval/raw_pixels.json" in shown
-    again = dvc("repro", "evaluate", cwd=pipeline)
+    stack = json.loads((pipeline / "metrics" / "stack.json").read_text())
+    assert stack["method"] == "pca" and stack["fit_rows"] == 10 and stack["dim"] == 8  # 1 val image per class
+    for model in ("mobilenetv2", "stack", "raw_pixels"):
+        cluster = json.loads((pipeline / "metrics" / "cluster" / f"{model}.json").read_text())
+        assert set(cluster) == {"nmi", "ari", "purity", "silhouette"}
+        assert len(json.loads((pipeline / "plots" / "cluster" / "tsne" / f"{model}.json").read_text())) == 20
+    assert sorted(p.name for p in (pipeline / "projector").iterdir()) == ["mobilenetv2", "stack"]
+    again = dvc("repro", cwd=pipeline)
     assert "Running stage" not in again.stdout
 
 
@@ -82,6 +74,31 @@ def test_search_text_json_and_collage(pipeline: Path, tmp_path: Path) -> None:
     scores = [hit["score"] for hit in results[0]["results"]]
     assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
     assert results[0]["results"][0]["id"].startswith("digits/")
+
+
+def test_search_with_the_stack_runs_base_models_then_stacker(pipeline: Path, tmp_path: Path) -> None:
+    from embedlab.data.prepare import Prepared
+
+    prepared = Prepared.open(pipeline / "data" / "prepared")
+    test_row = int(prepared.split("test")[0])
+    query = tmp_path / "digit.png"
+    Image.fromarray(np.asarray(prepared.images[test_row])).save(query)
+    found = _embedlab(pipeline, "search", str(query), "--model", "stack", "--k", "50", "--json")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)[0]["results"]
+    # The query is a dataset image: through base model + stacker it must land on its own stored embedding.
+    assert hits[0]["id"] == prepared.index["id"][test_row] and hits[0]["score"] > 0.999
+
+
+def test_export_command(pipeline: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stack.parquet"
+    done = _embedlab(pipeline, "export", "--model", "stack", "--format", "parquet", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    import pandas as pd
+
+    frame = pd.read_parquet(out)
+    emb = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
+    np.testing.assert_array_equal(frame[[f"e{i}" for i in range(8)]].to_numpy(np.float32), emb.embeddings)
 
 
 def test_search_errors(pipeline: Path, tmp_path: Path) -> None:
