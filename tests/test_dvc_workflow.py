@@ -1,0 +1,290 @@
+"""The DVC workflow: precise reruns, experiments and queues, remote storage (local and SSH), a reproducible lock."""
+
+from __future__ import annotations
+
+import ast
+import getpass
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, dvc, run, set_params
+
+
+def _copy(pipeline: Path, dest: Path) -> Path:
+    """A working copy of the finished tiny pipeline: git history, outputs and cache."""
+    shutil.copytree(pipeline, dest, symlinks=True)
+    return dest
+
+
+def _would_run(repo: Path) -> set[str]:
+    """Stages whose own deps, params or outs changed (what `dvc status` reports)."""
+    return set(json.loads(dvc("status", "--json", cwd=repo).stdout or "{}"))
+
+
+@pytest.fixture(scope="module")
+def scratch(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy(pipeline, tmp_path_factory.mktemp("reruns") / "repo")
+
+
+# (what a user changes, the stages it invalidates). `dvc status` lists the stages whose own deps changed;
+# the stages after them rerun when those stages' outputs really change (the experiment tests run that for real).
+COMBINERS = ["stack", "evaluate", "cluster", "projector"]  # they read every backbone's embeddings
+PARAM_CHANGES = [
+    ({"data__url": "https://mirror.example.org/cifar-10-binary.tar.gz"}, ["download"]),
+    ({"data__seed": 7}, ["preprocess", "augment_preview"]),
+    ({"data__image_size": 28}, ["preprocess"]),
+    ({"augment__rotation": 0.1}, ["augment_preview", "train@mobilenetv2"]),
+    ({"model__dropout": 0.3}, ["train@mobilenetv2"]),
+    ({"train__lr": 1e-4}, ["train@mobilenetv2"]),
+    ({"backbones": {"mobilenetv2": {"epochs": 3}}}, ["train@mobilenetv2", *COMBINERS]),
+    ({"backbones": {"mobilenetv2": {"epochs": 2}, "vgg16": None}}, ["train@vgg16", "embed@vgg16", *COMBINERS]),
+    ({"stack__method": "concat"}, ["stack"]),
+    ({"evaluate__k": 3}, ["evaluate"]),
+    ({"evaluate__index": "faiss"}, ["evaluate"]),
+    ({"cluster__n_init": 3}, ["cluster"]),
+    ({"cluster__tsne__perplexity": 10}, ["cluster"]),
+    ({"projector__max_points": 10}, ["projector"]),
+]
+
+
+def test_a_finished_pipeline_has_nothing_to_rerun(scratch: Path) -> None:
+    assert _would_run(scratch) == set()
+    assert "Data and pipelines are up to date" in dvc("status", cwd=scratch).stdout
+
+
+@pytest.mark.parametrize(("change", "expected"), PARAM_CHANGES, ids=[str(c) for c, _ in PARAM_CHANGES])
+def test_a_param_change_reruns_exactly_its_stages(scratch: Path, change: dict, expected: list[str]) -> None:
+    try:
+        set_params(scratch, **change)
+        assert _would_run(scratch) == set(expected)
+    finally:
+        run(["git", "checkout", "--", "params.yaml"], scratch)
+
+
+READ_PREPARED = ["preprocess", "augment_preview", "train@mobilenetv2", "embed@mobilenetv2", "evaluate", "cluster",
+                 "projector"]  # fmt: skip
+CODE_CHANGES = [
+    ("embedlab/data/digits.py", ["download"]),
+    ("embedlab/data/prepare.py", READ_PREPARED),
+    ("embedlab/augment.py", ["augment_preview", "train@mobilenetv2"]),
+    ("embedlab/training.py", ["train@mobilenetv2"]),
+    ("embedlab/models.py", ["train@mobilenetv2", "embed@mobilenetv2"]),
+    ("embedlab/stacking.py", ["stack"]),
+    ("embedlab/retrieval.py", ["evaluate"]),
+    ("embedlab/evaluation.py", ["evaluate"]),
+    ("embedlab/clustering.py", ["cluster", "projector"]),
+    ("embedlab/projector.py", ["projector"]),
+    ("embedlab/export.py", []),
+    ("embedlab/cli.py", []),
+]
+
+
+@pytest.mark.parametrize(("module", "expected"), CODE_CHANGES, ids=[m for m, _ in CODE_CHANGES])
+def test_a_code_change_reruns_exactly_the_stages_that_import_it(
+    scratch: Path, module: str, expected: list[str]
+) -> None:
+    path = scratch / module
+    try:
+        path.write_text(path.read_text() + "\n# changed\n")
+        assert _would_run(scratch) == set(expected)
+    finally:
+        run(["git", "checkout", "--", module], scratch)
+
+
+def _imports(path: Path) -> set[str]:
+    """embedlab modules a file imports anywhere (top level or inside functions), as repository paths."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # imports only a type checker sees never run: leave them out
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("embedlab"):
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.startswith("embedlab")]
+        for name in names:
+            candidate = REPO / (name.replace(".", "/") + ".py")
+            if candidate.exists():
+                found.add(str(candidate.relative_to(REPO)))
+    return found
+
+
+def test_each_stage_declares_exactly_the_code_it_imports() -> None:
+    """dvc.yaml's code deps of every stage are the transitive closure of its script's embedlab imports."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)
+        script = stage["cmd"].split()[1]
+        closure, todo = set(), [script]
+        while todo:
+            for module in _imports(REPO / todo.pop()) - closure:
+                closure.add(module)
+                todo.append(module)
+        declared = {d for d in stage["deps"] if d.endswith(".py") and d != script}
+        assert declared == closure, f"{name}: missing {sorted(closure - declared)}, extra {sorted(declared - closure)}"
+
+
+def _commit_all(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+def test_single_experiment_metrics_params_and_plots_diff(pipeline: Path, tmp_path: Path) -> None:
+    repo = _copy(pipeline, tmp_path / "repo")
+    out = dvc("exp", "run", "-S", "train.lr=1e-4", cwd=repo).stdout
+    assert "Running stage 'train@mobilenetv2'" in out and "Running stage 'download'" not in out
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    assert len(experiments) == 1
+    data = experiments[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 1e-4
+    retrieval = data["metrics"]["metrics/retrieval/mobilenetv2.json"]["data"]
+    assert 0 <= retrieval["map@5"] <= 1
+    table = dvc("exp", "show", "--csv", cwd=repo).stdout.splitlines()[0]
+    assert "map@5" in table and "train.lr" in table
+    # The workspace holds the experiment's results: diffs against HEAD show what changed.
+    params_diff = dvc("params", "diff", "--json", cwd=repo).stdout
+    assert json.loads(params_diff)["params.yaml"]["train.lr"] == {"old": 0.001, "new": 0.0001}
+    metrics_diff = json.loads(dvc("metrics", "diff", "--json", cwd=repo).stdout)
+    assert "map@5" in metrics_diff["metrics/retrieval/mobilenetv2.json"]
+    dvc("plots", "diff", "HEAD", "-o", str(tmp_path / "diff"), cwd=repo)
+    html = (tmp_path / "diff" / "index.html").read_text()
+    assert '"rev": "HEAD"' in html and '"rev": "workspace"' in html and "map_at_k" in html
+
+
+def test_queued_sweep_runs_and_compares(pipeline: Path, tmp_path: Path) -> None:
+    repo = _copy(pipeline, tmp_path / "repo")
+    dvc("exp", "run", "--queue", "-S", "evaluate.k=3,4", "-S", "evaluate.metric=cosine,euclidean", cwd=repo)
+    dvc("exp", "run", "--run-all", cwd=repo)
+    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    grid = set()
+    for experiment in experiments:
+        data = experiment["revs"][0]["data"]
+        evaluate = data["params"]["params.yaml"]["data"]["evaluate"]
+        grid.add((evaluate["k"], evaluate["metric"]))
+        assert f"map@{evaluate['k']}" in data["metrics"]["metrics/retrieval/stack.json"]["data"]
+    assert grid == {(3, "cosine"), (3, "euclidean"), (4, "cosine"), (4, "euclidean")}
+
+
+def _lock_md5(repo: Path, path: str) -> str:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in lock.values():
+        for out in stage.get("outs", []):
+            if out["path"] == path:
+                return out["md5"]
+    raise KeyError(path)
+
+
+def _ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def _teammate_story(pipeline: Path, tmp_path: Path, url: str, credentials: list[list[str]]) -> str:
+    """Push from one clone, pull only the embeddings into a fresh clone, re-evaluate there without recomputing."""
+    origin = _copy(pipeline, tmp_path / "origin")
+    dvc("remote", "add", "-d", "store", url, cwd=origin)
+    dvc("remote", "modify", "store", "verify", "true", cwd=origin)  # re-hash every pulled object
+    for setting in credentials:  # per-machine settings go to .dvc/config.local, never into git
+        dvc("remote", "modify", "--local", "store", *setting, cwd=origin)
+    _commit_all(origin, "remote storage")
+    dvc("push", cwd=origin)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path)
+    for setting in credentials:
+        dvc("remote", "modify", "--local", "store", *setting, cwd=clone)
+    dvc("pull", "embed", "stack", "preprocess", cwd=clone)  # README: "just the embeddings"
+    assert (clone / "data" / "embeddings" / "mobilenetv2.npz").exists() and (clone / "data" / "stack").exists()
+    assert not (clone / "models" / "mobilenetv2.keras").exists() and not (clone / "data" / "raw").exists()
+    out = dvc("exp", "run", "--allow-missing", "-S", "stack.method=concat", "-S", "evaluate.k=3", cwd=clone).stdout
+    assert _ran(out) == {"stack", "evaluate", "cluster", "projector"}, out
+    assert json.loads((clone / "metrics" / "stack.json").read_text())["method"] == "concat"
+    assert "map@3" in json.loads((clone / "metrics" / "retrieval" / "stack.json").read_text())
+    assert not (clone / "models" / "mobilenetv2.keras").exists()  # nothing was trained
+    return _lock_md5(origin, "data/embeddings/mobilenetv2.npz")
+
+
+def _corrupt_and_pull(tmp_path: Path, object_path: Path) -> None:
+    """Damage one pushed object; a fresh clone's pull must fail rather than hand out the damaged file."""
+    data = bytearray(object_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    object_path.chmod(0o644)
+    object_path.write_bytes(bytes(data))
+    clone = tmp_path / "victim"
+    run(["git", "clone", "-q", str(tmp_path / "origin"), str(clone)], tmp_path)
+    return clone
+
+
+def test_local_remote_pull_only_embeddings_and_detect_corruption(pipeline: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    md5 = _teammate_story(pipeline, tmp_path, str(remote), [])
+    clone = _corrupt_and_pull(tmp_path, remote / "files" / "md5" / md5[:2] / md5[2:])
+    pulled = dvc("pull", "embed", cwd=clone, check=False)
+    assert pulled.returncode != 0
+    assert not (clone / "data" / "embeddings" / "mobilenetv2.npz").exists()
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    """A real OpenSSH server on 127.0.0.1 with a throwaway host key and a throwaway client key."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(binary) or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server); .ci/run installs it")
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host_key", "client_key"):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], keys)
+    shutil.copy(keys / "client_key.pub", keys / "authorized_keys")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = keys / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'sshd.pid'}\nStrictModes no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
+    )
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+    server = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if server.poll() is not None:
+            pytest.fail(f"sshd did not start: {server.stderr.read()}")
+        time.sleep(0.2)
+    try:
+        yield {"port": port, "user": getpass.getuser(), "key": keys / "client_key"}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+def test_ssh_remote_pull_only_embeddings_and_detect_corruption(pipeline: Path, tmp_path: Path, sshd: dict) -> None:
+    store = tmp_path / "ssh-store"
+    url = f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}{store}"
+    credentials = [["keyfile", str(sshd["key"])]]
+    md5 = _teammate_story(pipeline, tmp_path, url, credentials)
+    assert (store / "files" / "md5" / md5[:2] / md5[2:]).exists()  # the transfer really went through sshd
+    clone = _corrupt_and_pull(tmp_path, store / "files" / "md5" / md5[:2] / md5[2:])
+    for setting in credentials:
+        dvc("remote", "modify", "--local", "store", *setting, cwd=clone)
+    pulled = dvc("pull", "embed", cwd=clone, check=False)
+    assert pulled.returncode != 0
+    assert not (clone / "data" / "embeddings" / "mobilenetv2.npz").exists()
