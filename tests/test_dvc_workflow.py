@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, dvc, run, set_params
+from .conftest import REPO, copy_repo, dvc, run, set_params
 
 
 def _copy(pipeline: Path, dest: Path) -> Path:
@@ -288,3 +288,17 @@ def test_ssh_remote_pull_only_embeddings_and_detect_corruption(pipeline: Path, t
     pulled = dvc("pull", "embed", cwd=clone, check=False)
     assert pulled.returncode != 0
     assert not (clone / "data" / "embeddings" / "mobilenetv2.npz").exists()
+
+
+@pytest.mark.slow
+def test_a_fresh_copy_reproduces_the_committed_data_hashes(tmp_path: Path) -> None:
+    """download and preprocess on the default params give the output hashes committed in dvc.lock, byte for byte."""
+    repo = copy_repo(tmp_path / "repo")
+    shutil.copy(REPO / "dvc.lock", repo / "dvc.lock")
+    dvc("repro", "preprocess", cwd=repo)
+    committed = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    fresh = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in ("download", "preprocess"):
+        assert fresh[stage]["outs"] == committed[stage]["outs"], stage
+    metrics = json.loads((repo / "metrics" / "data.json").read_text())
+    assert metrics == json.loads((REPO / "metrics" / "data.json").read_text())
