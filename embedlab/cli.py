@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
     search.set_defaults(run=_search)
     export = commands.add_parser("export", help="write a model's embeddings as one row per image")
-    export.add_argument("--model", required=True, help="a backbone, stack")
+    export.add_argument("--model", required=True, help="a backbone from params.yaml, or stack")
     export.add_argument("--format", choices=["csv", "tsv", "parquet"], default="csv")
     export.add_argument("--out", help="output file (default: <model>.<format>)")
     export.set_defaults(run=_export)

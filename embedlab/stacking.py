@@ -149,7 +149,7 @@ def _fit_network(
         embedding = layers.UnitNormalization(name="embedding")(layers.Dense(params.dim, name="projection")(hidden))
     outputs, losses = {}, {}
     if params.loss in ("softmax", "softmax+triplet"):
-        # A cosine classifier: unit embedding against unit class vectors, scaled (the logits of a normalised softmax).
+        # A linear classifier on the unit embedding, scaled by 16 so softmax can saturate (a normalised-softmax head).
         scaled = layers.Lambda(lambda e: e * 16.0, name="scale")(embedding)
         outputs["logits"] = layers.Dense(num_classes, use_bias=False, name="logits")(scaled)
         losses["logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
