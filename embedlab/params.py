@@ -64,7 +64,6 @@ PositiveInt = Annotated[int, Field(ge=1)]
 class ModelParams(_Section):
     weights: str | None = None  # "imagenet", None (random init) or a path to a .weights.h5 file
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
-    dropout: NonNegativeFraction = 0.2
     input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
 
 
@@ -76,6 +75,7 @@ class TrainParams(_Section):
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: PositiveFloat = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    dropout: NonNegativeFraction = 0.2
     batch_size: Annotated[int, Field(ge=2)] = 64
     label_smoothing: NonNegativeFraction = 0.1
     patience: PositiveInt = 5
@@ -99,7 +99,6 @@ class BackboneOverrides(_Section):
 
     weights: str | None = None
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = None
-    dropout: NonNegativeFraction | None = None
     input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
     epochs: PositiveInt | None = None
     warmup_epochs: Annotated[int, Field(ge=0)] | None = None
@@ -107,6 +106,7 @@ class BackboneOverrides(_Section):
     finetune_factor: Annotated[float, Field(gt=0, le=1)] | None = None
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
     lr: PositiveFloat | None = None
+    dropout: NonNegativeFraction | None = None
     batch_size: Annotated[int, Field(ge=2)] | None = None
 
 

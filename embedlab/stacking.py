@@ -214,7 +214,7 @@ def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tupl
     return out, stacker, {"method": params.method, "fit_rows": len(val), **fit_metrics}
 
 
-def test_accuracy(stacked: EmbeddingSet, seed: int) -> float:
+def classification_accuracy(stacked: EmbeddingSet, seed: int) -> float:
     """The stack's test classification accuracy: logistic regression on its validation embeddings, scored on test."""
     from sklearn.linear_model import LogisticRegression
 
@@ -244,7 +244,11 @@ def run_stack(
             raise UserError(f"{path} is missing: run `dvc repro embed@{name}`")
         sets[name] = EmbeddingSet.load(path)
     stacked, stacker, metrics = stack_embeddings(sets, params)
-    metrics = {**metrics, "dim": int(stacked.embeddings.shape[1]), "test_accuracy": test_accuracy(stacked, params.seed)}
+    metrics = {
+        **metrics,
+        "dim": int(stacked.embeddings.shape[1]),
+        "test_accuracy": classification_accuracy(stacked, params.seed),
+    }
     metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
     stacked.save(out)
     stacker.save(stacker_path)

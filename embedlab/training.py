@@ -249,7 +249,7 @@ class Trainer:
                 data.image_size,
                 num_classes,
                 embedding_dim=model_params.embedding_dim,
-                dropout=model_params.dropout,
+                dropout=train.dropout,
                 weights=model_params.weights,
                 input_size=model_params.input_size,
                 # Random init: BatchNorm must learn its statistics from ~a thousand images; momentum 0.99 would

@@ -17,6 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embedlab.clustering import run_clustering
+from embedlab.data.prepare import Prepared
+from embedlab.embeddings import RAW_PIXELS, raw_pixel_set
+from embedlab.evaluation import evaluate_model
+from embedlab.params import load_params
+
 from .conftest import REPO, copy_repo, dvc, run, set_params
 
 
@@ -44,7 +50,8 @@ PARAM_CHANGES = [
     ({"data__seed": 7}, ["preprocess", "augment_preview"]),
     ({"data__image_size": 28}, ["preprocess"]),
     ({"augment__rotation": 0.1}, ["augment_preview", "train@mobilenetv2"]),
-    ({"model__dropout": 0.3}, ["train@mobilenetv2"]),
+    ({"model__embedding_dim": 64}, ["train@mobilenetv2"]),
+    ({"train__dropout": 0.3}, ["train@mobilenetv2"]),
     ({"train__lr": 1e-4}, ["train@mobilenetv2"]),
     ({"backbones": {"mobilenetv2": {"epochs": 3}}}, ["train@mobilenetv2", *COMBINERS]),
     ({"backbones": {"mobilenetv2": {"epochs": 2}, "vgg16": None}}, ["train@vgg16", "embed@vgg16", *COMBINERS]),
@@ -292,7 +299,8 @@ def test_ssh_remote_pull_only_embeddings_and_detect_corruption(pipeline: Path, t
 
 @pytest.mark.slow
 def test_a_fresh_copy_reproduces_the_committed_data_hashes(tmp_path: Path) -> None:
-    """download and preprocess on the default params give the output hashes committed in dvc.lock, byte for byte."""
+    """download and preprocess on the default params give the output hashes committed in dvc.lock, byte for byte,
+    and the metrics that depend on them alone come back to 1e-6."""
     repo = copy_repo(tmp_path / "repo")
     shutil.copy(REPO / "dvc.lock", repo / "dvc.lock")
     dvc("repro", "preprocess", cwd=repo)
@@ -302,3 +310,12 @@ def test_a_fresh_copy_reproduces_the_committed_data_hashes(tmp_path: Path) -> No
         assert fresh[stage]["outs"] == committed[stage]["outs"], stage
     metrics = json.loads((repo / "metrics" / "data.json").read_text())
     assert metrics == json.loads((REPO / "metrics" / "data.json").read_text())
+
+    # raw_pixels needs no training, so its committed retrieval and cluster metrics must come back to 1e-6 too
+    params = load_params(REPO / "params.yaml")
+    raw = {RAW_PIXELS: raw_pixel_set(Prepared.open(repo / "data" / "prepared"))}
+    retrieval, _ = evaluate_model(raw[RAW_PIXELS], params.evaluate)
+    clusters = run_clustering(raw, params.cluster, tmp_path / "metrics", tmp_path / "plots")[RAW_PIXELS]
+    for produced, committed in ((retrieval, "retrieval"), (clusters, "cluster")):
+        expected = json.loads((REPO / "metrics" / committed / f"{RAW_PIXELS}.json").read_text())
+        assert produced == pytest.approx(expected, abs=1e-6), committed
