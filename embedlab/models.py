@@ -188,10 +188,25 @@ def load_weights(model: keras.Model, path: str) -> None:
         raise UserError(f"model.weights: {path} does not fit this model ({err})".replace("\n", " ")) from err
 
 
+def _renumber_shared_objects(node: object, numbers: dict[int, int]) -> None:
+    """Keras tags objects shared between layers (dtype policies) with their Python ``id()``, a memory address that
+    changes every run; number them in order of appearance instead (only equality within the file matters)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "shared_object_id":
+                node[key] = numbers.setdefault(value, len(numbers) + 1)
+            else:
+                _renumber_shared_objects(value, numbers)
+    elif isinstance(node, list):
+        for value in node:
+            _renumber_shared_objects(value, numbers)
+
+
 def normalize_keras_file(path: str | Path) -> None:
-    """Strip what makes two saves of the same model differ: Keras writes the save time into ``metadata.json``
-    (``date_saved``) and as the zip timestamp of the weights member. Both become fixed, so identical weights give
-    byte-identical ``.keras`` files and DVC hashes."""
+    """Strip what makes two saves of the same model differ: the save time Keras writes into ``metadata.json``
+    (``date_saved``) and as the zip timestamp of every member, and the memory addresses it writes as
+    ``shared_object_id`` in ``config.json``. Identical weights then give byte-identical ``.keras`` files and DVC
+    hashes."""
     path = Path(path)
     with zipfile.ZipFile(path) as archive:
         members = [(info, archive.read(info)) for info in archive.infolist()]
@@ -202,6 +217,10 @@ def normalize_keras_file(path: str | Path) -> None:
                 metadata = json.loads(data)
                 metadata.pop("date_saved", None)
                 data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                config = json.loads(data)
+                _renumber_shared_objects(config, {})
+                data = json.dumps(config).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
             archive.writestr(fixed, data)

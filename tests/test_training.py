@@ -3,6 +3,7 @@ mirrored training, the triplet loss in the loop, and `dvc repro` through embed."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -70,9 +71,16 @@ def reference(workdir: Path) -> dict:
     return _train(workdir)
 
 
+def _model_hashes(root: Path) -> dict[str, str]:
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted((root / "models").glob("mobilenetv2.*"))}
+
+
 def test_same_params_same_metrics_and_outputs(workdir: Path, reference: dict) -> None:
+    first = _model_hashes(workdir)
     again = _train(workdir)
     assert _quality(again) == _quality(reference)
+    assert _model_hashes(workdir) == first  # a new process, yet byte-identical .keras and .weights.h5 files
+    assert set(first) == {"mobilenetv2.keras", "mobilenetv2.weights.h5"}
     assert reference["epochs_run"] == 3 and 0 <= reference["test_accuracy"] <= 1
     assert (workdir / "models" / "mobilenetv2.keras").exists()
     history = (workdir / "dvclive" / "mobilenetv2" / "plots" / "metrics" / "val" / "loss.tsv").read_text()
