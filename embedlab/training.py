@@ -290,8 +290,8 @@ class Trainer:
                 _reseed(augment, train.seed, epoch)
                 order = self._epoch_order(y_train, epoch)
                 tick = time.perf_counter()
-                fit = models.trainer.fit(
-                    self._dataset(x_train, y_train, num_classes, order, augment), epochs=1, verbose=0
+                fit = models.trainer.fit(  # the dataset is already in this epoch's seeded order
+                    self._dataset(x_train, y_train, num_classes, order, augment), epochs=1, shuffle=False, verbose=0
                 )
                 train_seconds += time.perf_counter() - tick
                 train_images += len(order)
