@@ -1,9 +1,11 @@
-"""embedlab: learn, compare and serve image embeddings with a reproducible DVC pipeline."""
+"""embedlab: learn, compare and serve image embeddings with a reproducible DVC pipeline.
 
-import os
+Importing any part of the package first fixes how TensorFlow will run (see :mod:`embedlab.runtime`): this file runs
+before any stage, the CLI, a benchmark or a test can import TensorFlow.
+"""
 
-# TensorFlow's C++ log (CPU feature notes, missing CUDA, graph attribute notes every epoch) buries the pipeline's
-# own output; errors still surface as Python exceptions. Set TF_CPP_MIN_LOG_LEVEL=0 to see it all.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from embedlab.runtime import configure_tensorflow_environment
+
+configure_tensorflow_environment()
 
 __version__ = "0.1.0"

@@ -42,6 +42,21 @@ def atomic_file(target: str | Path, mode: str = "wb") -> Iterator[Any]:
             os.unlink(tmp)
 
 
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path (same suffix, for writers that check it) renamed to ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f"-{target.name}", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write pretty, key-sorted JSON atomically (stable bytes for git and DVC)."""
     with atomic_file(path, "w") as handle:

@@ -79,6 +79,9 @@ class TrainParams(_Section):
     batch_size: Annotated[int, Field(ge=2)] = 64
     label_smoothing: NonNegativeFraction = 0.1
     patience: PositiveInt = 5
+    max_per_class: Annotated[int, Field(ge=1)] | None = None  # training images per class; evaluation stays whole
+    bn_recalibration_batches: Annotated[int, Field(ge=0, le=1000)] = 4
+    checkpoint_interval: Annotated[float, Field(ge=0)] = 60.0
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
     triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
@@ -108,6 +111,7 @@ class BackboneOverrides(_Section):
     lr: PositiveFloat | None = None
     dropout: NonNegativeFraction | None = None
     batch_size: Annotated[int, Field(ge=2)] | None = None
+    max_per_class: Annotated[int, Field(ge=1)] | None = None
 
 
 class FaissParams(_Section):

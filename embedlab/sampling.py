@@ -36,3 +36,13 @@ def class_balanced_order(labels: np.ndarray, batch_size: int, seed: int, epoch: 
             batch += take
         batches.append(rng.permutation(batch))
     return np.concatenate(batches).astype(np.int64)
+
+
+def class_balanced_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``per_class`` items of every class, drawn with ``seed``: a training budget that
+    leaves the evaluation splits whole. ``None`` keeps everything."""
+    if per_class is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, per_class])
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)

@@ -2,42 +2,36 @@
 
 Why the loop calls ``fit`` once per epoch instead of once per run: Keras' ``BackupAndRestore`` restores weights and
 optimizer state but not the data order, the augmentation/dropout random state or early-stopping state, so a resumed
-run drifts from an uninterrupted one. Here every epoch's batches and random draws depend only on ``(seed, epoch)``,
-and the checkpoint written after each finished epoch (``latest.weights.h5`` with optimizer state, plus
-``state.json`` with the epoch, early-stopping counters and best score) is everything needed to continue: a killed
-run resumes from its last finished epoch and ends with the same metrics as one that was never interrupted.
+run drifts from an uninterrupted one. Here every epoch's batches and random draws depend only on ``(seed, epoch)``
+and a checkpoint (:mod:`embedlab.checkpoints`) holds everything else, so a killed run resumes from its last
+checkpoint and ends with the same metrics as one that was never interrupted.
+
+Why the per-epoch work is small: on a 2-core CPU a digits epoch trains in seconds, so validation, BatchNorm
+recalibration and checkpoints would otherwise cost as much as training. Recalibration runs compiled, checkpoints
+are written every ``train.checkpoint_interval`` seconds rather than every epoch (a resume replays the epochs after
+the last one exactly), and the best weights are kept in memory. ``metrics/train/<bb>.json`` reports where the time
+went.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from embedlab.checkpoints import CheckpointStore, RunState, fingerprint
 from embedlab.errors import UserError
 from embedlab.params import AugmentParams, ModelParams, TrainParams
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunState:
-    """What must survive a kill: written atomically after every finished epoch."""
-
-    fingerprint: str
-    epoch: int = 0  # epochs finished
-    best_val_loss: float = float("inf")
-    best_epoch: int = -1
-    wait: int = 0
-    stopped_early: bool = False
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,13 +65,22 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def _set_mixed_precision(setting: str) -> bool:
+def _set_mixed_precision(setting: str) -> str:
+    """Set Keras' global dtype policy; return its name.
+
+    ``auto`` turns mixed precision on with a GPU only: on the CPUs measured (AVX512_BF16 without AMX, see
+    ``benchmarks/train_throughput.py``) bfloat16 trains 0.5–0.8× as fast as float32. ``on`` uses float16 on a GPU
+    and bfloat16 on a CPU (CPUs have no fast float16 kernels).
+    """
     import keras
     import tensorflow as tf
 
-    enabled = setting == "on" or (setting == "auto" and bool(tf.config.list_physical_devices("GPU")))
-    keras.mixed_precision.set_global_policy("mixed_float16" if enabled else "float32")
-    return enabled
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    policy = "float32"
+    if setting == "on" or (setting == "auto" and gpu):
+        policy = "mixed_float16" if gpu else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
 
 
 def _optimizer(train: TrainParams, lr: float):
@@ -111,35 +114,91 @@ def _reseed(model, seed: int, epoch: int) -> None:
         variable.assign(np.array([seed * 100_003 + epoch * 1_009 + i, 0], dtype=variable.dtype))
 
 
-def recalibrate_batchnorm(model, images: np.ndarray, batch_size: int, max_batches: int = 8) -> None:
-    """Set trainable BatchNorm moving statistics to the average over a few training batches with the final weights.
+class BatchNormRecalibrator:
+    """Set trainable BatchNorm moving statistics to the average of a few training batches' statistics.
 
     From random init on a small dataset the moving averages lag far behind the fast-changing weights, so the model
-    is fine in training mode and near chance in inference mode. Averaging fresh batch statistics (momentum
-    k/(k+1) on batch k) fixes that for the cost of a few forward passes.
+    is fine in training mode and near chance in inference mode. Averaging fresh batch statistics with the final
+    weights fixes that for the cost of a few forward passes. The forward pass is compiled once per phase (the set of
+    trainable layers is part of the graph): BatchNorm momentum is 0 while tracing, so each call leaves one batch's
+    statistics in the moving variables, which are read back and averaged.
     """
-    import keras
 
-    layers = [
-        layer
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not layers:
-        return
-    original = [layer.momentum for layer in layers]
-    try:
-        for k, start in enumerate(range(0, min(len(images), batch_size * max_batches), batch_size)):
-            for layer in layers:
-                layer.momentum = k / (k + 1)
-            model(images[start : start + batch_size], training=True)  # eager: the momentum is read per call
-    finally:
-        for layer, momentum in zip(layers, original, strict=True):
-            layer.momentum = momentum
+    def __init__(self, model) -> None:
+        import keras
+        import tensorflow as tf
+
+        self.layers = [
+            layer
+            for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        ]
+        self.model = model
+        self._forward = tf.function(self._batch_statistics, reduce_retracing=True)
+
+    def _batch_statistics(self, images):
+        self.model(images, training=True)
+        return [layer.moving_mean.value for layer in self.layers], [
+            layer.moving_variance.value for layer in self.layers
+        ]
+
+    def __call__(self, images: np.ndarray, batch_size: int) -> None:
+        if not self.layers or not len(images):
+            return
+        original = [layer.momentum for layer in self.layers]
+        for layer in self.layers:
+            layer.momentum = 0.0
+        try:
+            totals = None
+            batches = range(0, len(images), batch_size)
+            for start in batches:
+                means, variances = self._forward(images[start : start + batch_size])
+                stats = [np.asarray(v, dtype=np.float64) for v in (*means, *variances)]
+                totals = stats if totals is None else [t + s for t, s in zip(totals, stats, strict=True)]
+            assert totals is not None
+            n = len(self.layers)
+            for i, layer in enumerate(self.layers):
+                layer.moving_mean.assign((totals[i] / len(batches)).astype(layer.moving_mean.dtype))
+                layer.moving_variance.assign((totals[n + i] / len(batches)).astype(layer.moving_variance.dtype))
+        finally:
+            for layer, momentum in zip(self.layers, original, strict=True):
+                layer.momentum = momentum
 
 
-def fingerprint(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+EPOCH_PARTS = ("fit", "recalibrate", "validate", "checkpoint")
+
+
+class StopWatch:
+    """Seconds per part of every epoch, so the metrics (and the benchmark) say where an epoch's time goes."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self.epochs: list[dict[str, float]] = []
+
+    @contextmanager
+    def __call__(self, part: str) -> Iterator[None]:
+        start, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.current[part] += time.perf_counter() - start
+            self.current["cpu"] += time.process_time() - cpu
+
+    def end_epoch(self, images: int) -> None:
+        self.epochs.append({**self.current, "images": images})
+        self.current = defaultdict(float)
+
+    def images_per_second(self, parts: tuple[str, ...] = EPOCH_PARTS, skip: int = 0) -> float:
+        """Training images per second of the given parts, over the epochs after the first ``skip``."""
+        epochs = self.epochs[skip:]
+        seconds = sum(epoch.get(part, 0.0) for epoch in epochs for part in parts)
+        return round(sum(epoch["images"] for epoch in epochs) / seconds, 1) if seconds else 0.0
+
+    def cores_used(self, skip: int = 0) -> float:
+        """Process CPU seconds per wall second over the epochs (2.0 = both cores of a 2-core machine busy)."""
+        epochs = self.epochs[skip:]
+        seconds = sum(epoch.get(part, 0.0) for epoch in epochs for part in EPOCH_PARTS)
+        return round(sum(epoch.get("cpu", 0.0) for epoch in epochs) / seconds, 2) if seconds else 0.0
 
 
 class Trainer:
@@ -158,17 +217,24 @@ class Trainer:
         self.name, self.model_params, self.train_params, self.augment = name, model_params, train_params, augment
         self.prepared_dir = Path(prepared_dir)
         self.models_dir = Path(models_dir)
-        self.work = self.models_dir / ".work" / name
+        self.checkpoints = CheckpointStore(self.models_dir / ".work" / name)
         self.live_dir = Path(live_dir) if live_dir else Path("dvclive") / name
+        self.clock = StopWatch()
 
     # -- data ---------------------------------------------------------------------------------------------------
     def _load_data(self):
         from embedlab.data.prepare import Prepared
+        from embedlab.sampling import class_balanced_subset
 
         data = Prepared.open(self.prepared_dir)
         splits = {s: data.split(s) for s in ("train", "val", "test")}
         if len(splits["train"]) == 0 or len(splits["val"]) == 0:
             raise UserError("data/prepared has no train or no val images; lower data.val_fraction or add images")
+        # The training budget: a seeded class-balanced subset of the train split; val and test stay whole.
+        train_rows = splits["train"]
+        splits["train"] = train_rows[
+            class_balanced_subset(data.labels[train_rows], self.train_params.max_per_class, self.train_params.seed)
+        ]
         arrays = {s: (np.asarray(data.images[rows]), data.labels[rows]) for s, rows in splits.items()}
         return data, arrays
 
@@ -221,6 +287,16 @@ class Trainer:
             jit_compile=False,
         )
 
+    def _phases(self) -> list[tuple[str, int, int, float, str | int]]:
+        """(name, first epoch, end epoch, lr, unfreeze) of the warm-up (if any) and fine-tune phases."""
+        train = self.train_params
+        phases: list[tuple[str, int, int, float, str | int]] = []
+        if train.warmup_epochs:
+            phases.append(("warmup", 0, train.warmup_epochs, train.lr, 0))
+        finetune_lr = train.lr * train.finetune_factor if train.warmup_epochs else train.lr
+        phases.append(("finetune", train.warmup_epochs, train.epochs, finetune_lr, train.unfreeze))
+        return phases
+
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         import keras
@@ -228,19 +304,19 @@ class Trainer:
         from embedlab.augment import build_augmentation
         from embedlab.models import build_models, save_embedding_model
 
+        started = time.perf_counter()
         train, model_params = self.train_params, self.model_params
         configure_determinism(train.seed)
-        mixed = _set_mixed_precision(train.mixed_precision)
+        policy = _set_mixed_precision(train.mixed_precision)
         data, arrays = self._load_data()
         num_classes = len(data.class_names)
         pretrained = model_params.weights is not None
         # The checkpoint is only valid for the same data: the index (ids, splits) and how the images were made.
         data_stamp = [(self.prepared_dir / name).read_text() for name in ("index.csv", "info.json")]
-        state_file = self.work / "state.json"
         fp = fingerprint(
             self.name, model_params.model_dump(), train.model_dump(), self.augment.model_dump(), data_stamp
         )
-        state = self._load_state(state_file, fp)
+        state = self.checkpoints.load(fp)
 
         strategy = make_strategy(train.strategy)
         with strategy.scope():
@@ -258,45 +334,35 @@ class Trainer:
                 probe_head=train.loss == "triplet",
             )
         augment = build_augmentation(self.augment, seed=train.seed)
-        phases = []
-        if train.warmup_epochs:
-            phases.append(("warmup", 0, train.warmup_epochs, train.lr, 0))
-        finetune_lr = train.lr * train.finetune_factor if train.warmup_epochs else train.lr
-        phases.append(("finetune", train.warmup_epochs, train.epochs, finetune_lr, train.unfreeze))
-
-        from dvclive import Live
-
-        resuming = state.epoch > 0
-        if not resuming and self.live_dir.exists():
-            shutil.rmtree(self.live_dir)
-        live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False, resume=resuming, report=None)
-        started = time.perf_counter()
-        train_seconds, train_images = 0.0, 0
+        live = self._open_live(state)
+        best_weights = self.checkpoints.best_weights(state) if state.best_file else None
         x_train, y_train = arrays["train"]
         val_ds = self._dataset(*arrays["val"], num_classes)
-        for phase, first, last, lr, unfreeze in phases:
+        last_checkpoint = time.monotonic()
+        for phase, first, last, lr, unfreeze in self._phases():
             if state.stopped_early or state.epoch >= last:
                 continue
             with strategy.scope():
                 _set_trainable(models.backbone, unfreeze, pretrained)
                 self._compile(models, lr)
-                if state.epoch > first:  # resume mid-phase: weights and optimizer state of the last epoch
+                if state.epoch > first:  # resume mid-phase: weights and optimizer state of the checkpoint
                     models.trainer.optimizer.build(models.trainer.trainable_variables)
-                    models.trainer.load_weights(self.work / "latest.weights.h5")
-                elif state.epoch > 0:  # a new phase after a resume: the last epoch's weights, a fresh optimizer
-                    _load_model_only(models.trainer, self.work / "latest.weights.h5")
+                    models.trainer.load_weights(self.checkpoints.weights_path(state))
+                elif state.epoch > 0 and state.weights_file:  # a new phase after a resume: a fresh optimizer
+                    _load_model_only(models.trainer, self.checkpoints.weights_path(state))
+                recalibrate = BatchNormRecalibrator(models.trainer)
             for epoch in range(max(first, state.epoch), last):
                 _reseed(models.trainer, train.seed, epoch)
                 _reseed(augment, train.seed, epoch)
                 order = self._epoch_order(y_train, epoch)
-                tick = time.perf_counter()
-                fit = models.trainer.fit(  # the dataset is already in this epoch's seeded order
-                    self._dataset(x_train, y_train, num_classes, order, augment), epochs=1, shuffle=False, verbose=0
-                )
-                train_seconds += time.perf_counter() - tick
-                train_images += len(order)
-                recalibrate_batchnorm(models.trainer, x_train[order[: 8 * train.batch_size]], train.batch_size)
-                evaluation = models.trainer.evaluate(val_ds, verbose=0, return_dict=True)
+                with self.clock("fit"):
+                    fit = models.trainer.fit(  # the dataset is already in this epoch's seeded order
+                        self._dataset(x_train, y_train, num_classes, order, augment), epochs=1, shuffle=False, verbose=0
+                    )
+                with self.clock("recalibrate"):
+                    recalibrate(x_train[order[: train.bn_recalibration_batches * train.batch_size]], train.batch_size)
+                with self.clock("validate"):
+                    evaluation = models.trainer.evaluate(val_ds, verbose=0, return_dict=True)
                 row = {
                     "epoch": epoch,
                     "train/loss": float(fit.history["loss"][-1]),
@@ -305,18 +371,22 @@ class Trainer:
                     "val/accuracy": float(evaluation["logits_accuracy"]),
                     "lr": float(lr),
                 }
-                self._log(live, row)
+                _log(live, row)
                 state.history.append(row)
                 state.epoch = epoch + 1
                 if row["val/loss"] < state.best_val_loss - 1e-6:
                     state.best_val_loss, state.best_epoch, state.wait = row["val/loss"], epoch, 0
-                    _save_atomic(self.work / "best.npz", lambda tmp: np.savez(tmp, *models.trainer.get_weights()))
+                    best_weights = models.trainer.get_weights()
                 else:
                     state.wait += 1
                 state.stopped_early = state.wait >= train.patience
-                _save_atomic(self.work / "latest.weights.h5", models.trainer.save_weights)
-                self._save_state(state_file, state)
                 log.info("%s %s epoch %d: %s", self.name, phase, epoch + 1, _fmt(row))
+                finished = state.stopped_early or state.epoch >= train.epochs
+                if not finished and time.monotonic() - last_checkpoint >= train.checkpoint_interval:
+                    with self.clock("checkpoint"):
+                        self.checkpoints.save(state, models.trainer, best_weights)
+                    last_checkpoint = time.monotonic()
+                self.clock.end_epoch(len(order))
                 if state.stopped_early:
                     log.info("%s: early stop, no val_loss improvement for %d epochs", self.name, train.patience)
                     break
@@ -324,70 +394,80 @@ class Trainer:
                 break
         live.end()
 
-        with np.load(self.work / "best.npz") as best:
-            models.trainer.set_weights([best[f"arr_{i}"] for i in range(len(best.files))])
-        test_ds = self._dataset(*arrays["test"], num_classes)
-        scores = {
-            split: models.trainer.evaluate(ds, verbose=0, return_dict=True)["logits_accuracy"]
-            for split, ds in (
-                ("train", self._dataset(x_train, y_train, num_classes)),
-                ("val", val_ds),
-                ("test", test_ds),
-            )
-            if len(ds)
-        }
+        assert best_weights is not None, "training ran no epoch"
+        models.trainer.set_weights(best_weights)
+        with self.clock("final_evaluation"):
+            scores = self._final_scores(models, arrays, num_classes, val_ds)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         save_embedding_model(models.embedding, self.models_dir / f"{self.name}.keras")
-        _save_atomic(self.models_dir / f"{self.name}.weights.h5", models.trainer.save_weights)
-        metrics: dict[str, float | int] = {
+        save_weights_atomic(models.trainer, self.models_dir / f"{self.name}.weights.h5")
+        metrics = self._metrics(state, scores, models, policy, strategy, time.perf_counter() - started)
+        self.checkpoints.discard()
+        keras.backend.clear_session()
+        return TrainResult(metrics, state.history)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _open_live(self, state: RunState):
+        """A fresh dvclive log holding exactly the checkpoint's history: epochs logged after the last checkpoint of
+        a killed run are replayed by the resumed run, never duplicated."""
+        from dvclive import Live
+
+        if self.live_dir.exists():
+            shutil.rmtree(self.live_dir)
+        live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+        for row in state.history:
+            _log(live, row)
+        return live
+
+    def _final_scores(self, models, arrays, num_classes: int, val_ds) -> dict[str, float]:
+        x_train, y_train = arrays["train"]
+        datasets = {
+            "train": self._dataset(x_train, y_train, num_classes),
+            "val": val_ds,
+            "test": self._dataset(*arrays["test"], num_classes),
+        }
+        return {
+            split: models.trainer.evaluate(ds, verbose=0, return_dict=True)["logits_accuracy"]
+            for split, ds in datasets.items()
+            if len(ds)
+        }
+
+    def _metrics(self, state: RunState, scores, models, policy: str, strategy, wall: float) -> dict[str, float | int]:
+        parts = {part: sum(epoch.get(part, 0.0) for epoch in self.clock.epochs) for part in EPOCH_PARTS}
+        return {
             "train_accuracy": round(float(scores.get("train", float("nan"))), 6),
             "val_accuracy": round(float(scores.get("val", float("nan"))), 6),
             "test_accuracy": round(float(scores.get("test", float("nan"))), 6),
             "best_val_loss": round(float(state.best_val_loss), 6),
             "best_epoch": state.best_epoch + 1,
             "epochs_run": state.epoch,
+            "train_images": int(self.clock.epochs[0]["images"]) if self.clock.epochs else 0,
             "params": int(models.trainer.count_params()),
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "train_images_per_second": round(train_images / train_seconds, 1) if train_seconds else 0.0,
-            "mixed_precision": int(mixed),
+            "mixed_precision": int(policy != "float32"),
             "devices": int(strategy.num_replicas_in_sync),
+            "wall_seconds": round(wall, 1),
+            # this process's epochs: fit only, and whole epochs (validation, recalibration, checkpoints included)
+            "train_images_per_second": self.clock.images_per_second(("fit",)),
+            "epoch_images_per_second": self.clock.images_per_second(),
+            "cpu_cores_used": self.clock.cores_used(),
+            **{f"seconds_{part}": round(value, 1) for part, value in parts.items()},
+            "seconds_final_evaluation": round(self.clock.current["final_evaluation"], 1),
         }
-        shutil.rmtree(self.work, ignore_errors=True)
-        keras.backend.clear_session()
-        return TrainResult(metrics, state.history)
-
-    # -- helpers ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _log(live, row: dict[str, float]) -> None:
-        for key, value in row.items():
-            if key != "epoch":
-                live.log_metric(key, value)
-        live.next_step()
-
-    @staticmethod
-    def _load_state(path: Path, fp: str) -> RunState:
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("fingerprint") == fp:
-                log.info("resuming after epoch %d from %s", saved["epoch"], path.parent)
-                return RunState(**saved)
-            log.info("discarding checkpoint in %s: params or data changed", path.parent)
-            shutil.rmtree(path.parent)
-        return RunState(fingerprint=fp)
-
-    @staticmethod
-    def _save_state(path: Path, state: RunState) -> None:
-        from embedlab.fsutil import write_json
-
-        write_json(path, asdict(state))
 
 
-def _save_atomic(path: Path, write) -> None:
-    """Write via a temporary sibling so a kill mid-write never corrupts the last good checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp.{path.name}")
-    write(str(tmp))
-    os.replace(tmp, path)
+def _log(live, row: dict[str, float]) -> None:
+    for key, value in row.items():
+        if key != "epoch":
+            live.log_metric(key, value)
+    live.next_step()
+
+
+def save_weights_atomic(model, path: Path) -> None:
+    """Keras' ``save_weights`` through a temporary sibling: a kill mid-write never leaves a torn file."""
+    from embedlab.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        model.save_weights(str(tmp))
 
 
 def _load_model_only(model, path: Path) -> None:

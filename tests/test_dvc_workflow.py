@@ -80,11 +80,14 @@ def test_a_param_change_reruns_exactly_its_stages(scratch: Path, change: dict, e
 
 READ_PREPARED = ["preprocess", "augment_preview", "train@mobilenetv2", "embed@mobilenetv2", "evaluate", "cluster",
                  "projector"]  # fmt: skip
+EVERY_STAGE = ["download", *READ_PREPARED, "stack"]
 CODE_CHANGES = [
+    ("embedlab/runtime.py", EVERY_STAGE),  # how TensorFlow runs: every stage, even those that never import it
     ("embedlab/data/digits.py", ["download"]),
     ("embedlab/data/prepare.py", READ_PREPARED),
     ("embedlab/augment.py", ["augment_preview", "train@mobilenetv2"]),
     ("embedlab/training.py", ["train@mobilenetv2"]),
+    ("embedlab/checkpoints.py", ["train@mobilenetv2"]),
     ("embedlab/models.py", ["train@mobilenetv2", "embed@mobilenetv2"]),
     ("embedlab/stacking.py", ["stack"]),
     ("embedlab/retrieval.py", ["evaluate"]),
@@ -125,6 +128,11 @@ def _imports(path: Path) -> set[str]:
             candidate = REPO / (name.replace(".", "/") + ".py")
             if candidate.exists():
                 found.add(str(candidate.relative_to(REPO)))
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+                package = REPO.joinpath(*parts[:depth], "__init__.py")
+                if package.exists():
+                    found.add(str(package.relative_to(REPO)))
     return found
 
 

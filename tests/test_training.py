@@ -29,9 +29,14 @@ TINY = {
     "augment": {"rotation": 0.05, "zoom": 0.1},
     "backbones": {"mobilenetv2": None},
     "model": {"embedding_dim": 16},
-    "train": {"epochs": 3, "batch_size": 32, "patience": 3},
+    "train": {"epochs": 3, "batch_size": 32, "patience": 3, "checkpoint_interval": 0},
 }
-TIMING_KEYS = {"wall_seconds", "train_images_per_second"}
+
+
+def _is_timing(key: str) -> bool:
+    return key.startswith("seconds_") or key in {
+        "wall_seconds", "train_images_per_second", "epoch_images_per_second", "cpu_cores_used"
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +63,12 @@ def _train(root: Path, env: dict[str, str] | None = None, wait: bool = True) -> 
         return process
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
+    (root / "train.log").write_text(output)
     return json.loads((root / "metrics" / "train" / "mobilenetv2.json").read_text())
 
 
 def _quality(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+    return {k: v for k, v in metrics.items() if not _is_timing(k)}
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +107,46 @@ def test_killed_run_resumes_to_the_same_result(workdir: Path, reference: dict) -
         time.sleep(0.1)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert json.loads(state.read_text())["epoch"] in (1, 2)
+    done = json.loads(state.read_text())["epoch"]
+    assert done in (1, 2)
     resumed = _train(workdir)
     assert _quality(resumed) == _quality(reference)
+    output = (workdir / "train.log").read_text()
+    assert f"resuming after epoch {done}" in output
+    trained = [line for line in output.splitlines() if "mobilenetv2 finetune epoch" in line]
+    assert [line.split("epoch ")[1].split(":")[0] for line in trained] == [str(e) for e in range(done + 1, 4)]
     steps = (workdir / "dvclive" / "mobilenetv2" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
     assert len(steps.strip().splitlines()) == 1 + 3  # the resumed log continues, no duplicated epochs
+
+
+def test_stage_output_has_no_tensorflow_startup_noise(workdir: Path, reference: dict) -> None:
+    output = (workdir / "train.log").read_text()
+    for noise in ("absl::InitializeLog", "port.cc", "cudart_stub", "cpu_feature_guard"):
+        assert noise not in output, output
+    assert "mobilenetv2 finetune epoch 3" in output  # our own log still shows
+
+
+def test_timings_say_where_the_epoch_time_goes(reference: dict) -> None:
+    parts = sum(reference[f"seconds_{part}"] for part in ("fit", "recalibrate", "validate", "checkpoint"))
+    assert 0 < reference["seconds_fit"] <= parts < reference["wall_seconds"]
+    assert reference["seconds_checkpoint"] > 0  # checkpoint_interval 0: after every epoch but the last
+    assert 0 < reference["epoch_images_per_second"] <= reference["train_images_per_second"]
+    assert 0 < reference["cpu_cores_used"] <= os.cpu_count() + 0.5
+
+
+@pytest.mark.parametrize(("user_setting", "expected"), [(None, "1 True"), ("0", "0 False")])
+def test_onednn_is_on_unless_the_user_turns_it_off(user_setting: str | None, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
+    script = (
+        "import os, embedlab.training; from tensorflow.python.util import _pywrap_util_port as port;"
+        "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())"
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+    assert result.stderr == ""  # and not one line of start-up noise
 
 
 def test_mirrored_on_two_logical_cpus(workdir: Path, tmp_path: Path) -> None:
@@ -131,6 +172,15 @@ def test_triplet_loss_trains(workdir: Path, tmp_path: Path) -> None:
     (tmp_path / "data").symlink_to(workdir / "data")
     metrics = _train(tmp_path)
     assert metrics["epochs_run"] == 2 and np.isfinite(metrics["best_val_loss"])
+
+
+def test_training_budget_leaves_evaluation_whole(workdir: Path, tmp_path: Path, reference: dict) -> None:
+    params = {**TINY, "backbones": {"mobilenetv2": {"max_per_class": 3}}, "train": {**TINY["train"], "epochs": 1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").symlink_to(workdir / "data")
+    metrics = _train(tmp_path)
+    assert metrics["train_images"] == 3 * 10 < reference["train_images"]
+    assert "epoch 1:" in (tmp_path / "train.log").read_text()
 
 
 def test_unknown_backbone_is_rejected() -> None:

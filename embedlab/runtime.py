@@ -1,0 +1,109 @@
+"""How TensorFlow runs on this machine: one place, applied before TensorFlow is imported.
+
+- **oneDNN on everywhere.** TensorFlow enables its oneDNN kernels by itself only on AVX-512 CPUs; on AVX2-only CPUs
+  it falls back to kernels that train 2–5× slower and round differently. We turn oneDNN on for every CPU so the
+  same params get the same kernel family wherever they run. A user's own ``TF_ENABLE_ONEDNN_OPTS`` still wins.
+- **Quiet start-up.** ``TF_CPP_MIN_LOG_LEVEL`` hides TensorFlow's C++ log, but a few lines (``port.cc``,
+  ``cudart_stub.cc``) are printed through Abseil before that setting is read, on every import. They are filtered
+  out of stderr while ``tensorflow`` is first imported; any other line printed then still reaches stderr.
+  ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.machinery
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+# Abseil's start-up lines, printed before TensorFlow reads TF_CPP_MIN_LOG_LEVEL: informational only.
+_STARTUP_NOISE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|I\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\] .*)$"
+)
+
+# CPU features that decide which TensorFlow/oneDNN kernels run (and so speed and rounding).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def configure_tensorflow_environment() -> None:
+    """Set TensorFlow's environment defaults (the user's own values win) and silence its import noise."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
+    if quiet and "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Wraps the first ``import tensorflow`` in :func:`_filtered_stderr`, then steps aside."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, inner: importlib.abc.Loader) -> None:
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = self.inner
+        with _filtered_stderr(_STARTUP_NOISE):
+            self.inner.exec_module(module)
+
+
+@contextlib.contextmanager
+def _filtered_stderr(noise: re.Pattern[bytes]) -> Iterator[None]:
+    """Capture file descriptor 2 (C++ writes there directly), then replay every line that is not ``noise``."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True) if not noise.match(line.rstrip())]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def cpu_description() -> dict[str, object]:
+    """The CPU model, core count and the kernel-relevant feature flags, for every throughput figure we print."""
+    model, flags = "unknown", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "flags": [flag for flag in KERNEL_FLAGS if flag in flags],
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", ""),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "all"),
+    }
