@@ -371,6 +371,11 @@ class Trainer:
                     "val/accuracy": float(evaluation["logits_accuracy"]),
                     "lr": float(lr),
                 }
+                if not np.isfinite(row["val/loss"]):
+                    raise UserError(
+                        f"train@{self.name}: validation loss is {row['val/loss']} after epoch {epoch + 1}: training "
+                        f"diverged; lower train.lr (now {lr:g}) or use train.optimizer=adam"
+                    )
                 _log(live, row)
                 state.history.append(row)
                 state.epoch = epoch + 1
@@ -401,7 +406,15 @@ class Trainer:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         save_embedding_model(models.embedding, self.models_dir / f"{self.name}.keras")
         save_weights_atomic(models.trainer, self.models_dir / f"{self.name}.weights.h5")
-        metrics = self._metrics(state, scores, models, policy, strategy, time.perf_counter() - started)
+        metrics = self._metrics(
+            state,
+            scores,
+            models,
+            train_images=len(y_train),
+            policy=policy,
+            strategy=strategy,
+            wall=time.perf_counter() - started,
+        )
         self.checkpoints.discard()
         keras.backend.clear_session()
         return TrainResult(metrics, state.history)
@@ -432,7 +445,9 @@ class Trainer:
             if len(ds)
         }
 
-    def _metrics(self, state: RunState, scores, models, policy: str, strategy, wall: float) -> dict[str, float | int]:
+    def _metrics(
+        self, state: RunState, scores, models, *, train_images: int, policy: str, strategy, wall: float
+    ) -> dict[str, float | int]:
         parts = {part: sum(epoch.get(part, 0.0) for epoch in self.clock.epochs) for part in EPOCH_PARTS}
         return {
             "train_accuracy": round(float(scores.get("train", float("nan"))), 6),
@@ -441,7 +456,7 @@ class Trainer:
             "best_val_loss": round(float(state.best_val_loss), 6),
             "best_epoch": state.best_epoch + 1,
             "epochs_run": state.epoch,
-            "train_images": int(self.clock.epochs[0]["images"]) if self.clock.epochs else 0,
+            "train_images": train_images,
             "params": int(models.trainer.count_params()),
             "mixed_precision": int(policy != "float32"),
             "devices": int(strategy.num_replicas_in_sync),

@@ -183,6 +183,19 @@ def test_training_budget_leaves_evaluation_whole(workdir: Path, tmp_path: Path, 
     assert "epoch 1:" in (tmp_path / "train.log").read_text()
 
 
+def test_a_diverging_run_stops_with_one_line_naming_the_lr(workdir: Path, tmp_path: Path) -> None:
+    params = {**TINY, "train": {**TINY["train"], "optimizer": "sgd", "lr": 1e30, "epochs": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").symlink_to(workdir / "data")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), "mobilenetv2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: train@mobilenetv2: validation loss is ")
+    assert "lower train.lr (now 1e+30)" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unknown_backbone_is_rejected() -> None:
     from embedlab.params import ParamsError
 
