@@ -40,9 +40,10 @@ def class_balanced_order(labels: np.ndarray, batch_size: int, seed: int, epoch: 
 
 def class_balanced_subset(labels: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     """Sorted indices of at most ``per_class`` items of every class, drawn with ``seed``: a training budget that
-    leaves the evaluation splits whole. ``None`` keeps everything."""
+    leaves the evaluation splits whole. ``None`` keeps everything. Budgets are nested (a larger one keeps every
+    image of a smaller one), so a learning curve adds data instead of swapping it."""
     if per_class is None:
         return np.arange(len(labels))
-    rng = np.random.default_rng([seed, per_class])
+    rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return np.sort(np.concatenate(chosen)).astype(np.int64)

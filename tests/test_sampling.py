@@ -19,6 +19,12 @@ def test_subset_takes_at_most_per_class_of_every_class_seeded() -> None:
     assert np.array_equal(class_balanced_subset(LABELS, None, seed=1), np.arange(len(LABELS)))
 
 
+def test_budgets_are_nested() -> None:
+    small, large = class_balanced_subset(LABELS, 2, seed=0), class_balanced_subset(LABELS, 6, seed=0)
+    assert len(small) == 8 and len(large) == 6 + 6 + 3 + 6
+    assert set(small) <= set(large)
+
+
 def test_shuffled_order_depends_only_on_seed_and_epoch() -> None:
     assert np.array_equal(shuffled_order(50, 3, 1), shuffled_order(50, 3, 1))
     assert not np.array_equal(shuffled_order(50, 3, 1), shuffled_order(50, 3, 2))
