@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from embedlab.errors import UserError
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+# YAML 1.1 reads a bare on/off (as `dvc exp run -S key=on` writes it) as a boolean: take it as the word.
+AutoOnOff = Annotated[
+    Literal["auto", "on", "off"], BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v)
+]
 NonNegativeFraction = Annotated[float, Field(ge=0, lt=1)]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -87,7 +91,7 @@ class TrainParams(_Section):
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
     triplet_weight: PositiveFloat = 1.0
     strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
-    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    mixed_precision: AutoOnOff = "auto"
     seed: Annotated[int, Field(ge=0)] = 42
 
     @model_validator(mode="after")

@@ -100,3 +100,12 @@ def test_bad_model_and_train_values(raw: dict, expected: str) -> None:
 def test_override_out_of_range_names_the_backbone() -> None:
     with pytest.raises(ParamsError, match=r"^params\.yaml: backbones\.vgg16\.warmup_epochs: must be < train\.epochs"):
         parse_params({"backbones": {"vgg16": {"epochs": 1, "warmup_epochs": 3}}})
+
+
+def test_bare_on_off_from_dvc_exp_run_reads_as_the_word() -> None:
+    raw = yaml.safe_load("train: {mixed_precision: on}")  # what `dvc exp run -S train.mixed_precision=on` writes
+    assert raw["train"]["mixed_precision"] is True
+    assert parse_params(raw).train.mixed_precision == "on"
+    assert parse_params({"train": {"mixed_precision": False}}).train.mixed_precision == "off"
+    with pytest.raises(ParamsError, match=r"train\.mixed_precision: Input should be 'auto', 'on' or 'off'"):
+        parse_params({"train": {"mixed_precision": "yes"}})
