@@ -68,8 +68,8 @@ def make_strategy(name: str):
 def _set_mixed_precision(setting: str) -> str:
     """Set Keras' global dtype policy; return its name.
 
-    ``auto`` turns mixed precision on with a GPU only: on the CPUs measured (AVX512_BF16 without AMX, see
-    ``benchmarks/train_throughput.py``) bfloat16 trains 0.5–0.8× as fast as float32. ``on`` uses float16 on a GPU
+    ``auto`` turns mixed precision on with a GPU only: on the CPU measured (AVX512_BF16 without AMX, README "CPU
+    speed") bfloat16 paid off for VGG16 alone and cost DenseNet121 retrieval quality. ``on`` uses float16 on a GPU
     and bfloat16 on a CPU (CPUs have no fast float16 kernels).
     """
     import keras
