@@ -116,6 +116,7 @@ class BackboneOverrides(_Section):
     dropout: NonNegativeFraction | None = None
     batch_size: Annotated[int, Field(ge=2)] | None = None
     max_per_class: Annotated[int, Field(ge=1)] | None = None
+    mixed_precision: AutoOnOff | None = None
 
 
 class FaissParams(_Section):

@@ -109,3 +109,9 @@ def test_bare_on_off_from_dvc_exp_run_reads_as_the_word() -> None:
     assert parse_params({"train": {"mixed_precision": False}}).train.mixed_precision == "off"
     with pytest.raises(ParamsError, match=r"train\.mixed_precision: Input should be 'auto', 'on' or 'off'"):
         parse_params({"train": {"mixed_precision": "yes"}})
+
+
+def test_mixed_precision_is_a_per_backbone_override() -> None:
+    params = parse_params({"backbones": {"vgg16": {"mixed_precision": True}, "resnet50": None}})
+    assert params.for_backbone("vgg16")[1].mixed_precision == "on"
+    assert params.for_backbone("resnet50")[1].mixed_precision == "auto"
