@@ -23,7 +23,7 @@ from embedlab.embeddings import RAW_PIXELS, raw_pixel_set
 from embedlab.evaluation import evaluate_model
 from embedlab.params import load_params
 
-from .conftest import REPO, copy_repo, dvc, run, set_params
+from .conftest import REPO, copy_repo, dvc, missing_tool, run, set_params
 
 
 def _copy(pipeline: Path, dest: Path) -> Path:
@@ -257,7 +257,7 @@ def sshd(tmp_path: Path):
     """A real OpenSSH server on 127.0.0.1 with a throwaway host key and a throwaway client key."""
     binary = shutil.which("sshd") or "/usr/sbin/sshd"
     if not os.path.exists(binary) or not shutil.which("ssh-keygen"):
-        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server); .ci/run installs it")
+        missing_tool("OpenSSH server not installed (Debian: apt-get install openssh-server); .ci/run installs it")
     keys = tmp_path / "ssh"
     keys.mkdir()
     for name in ("host_key", "client_key"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, dvc
+from .conftest import REPO, dvc, missing_tool
 
 pytestmark = pytest.mark.slow
 
@@ -76,10 +76,10 @@ def _offline_page(report: Path) -> Path:
 def test_dvc_plots_show_renders_every_plot_in_chromium(pipeline: Path, tmp_path: Path) -> None:
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+        missing_tool("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
     missing = [str(VEGA_DIR / f) for f in VEGA_FILES.values() if not (VEGA_DIR / f).exists()]
     if missing:
-        pytest.skip(f"Vega scripts not found ({missing[0]}); fetch them as .ci/run does, or set EMBEDLAB_VEGA_DIR")
+        missing_tool(f"Vega scripts not found ({missing[0]}); fetch them as .ci/run does, or set EMBEDLAB_VEGA_DIR")
     report = tmp_path / "report"
     dvc("plots", "show", "-o", str(report), cwd=pipeline)
     page = _offline_page(report)
