@@ -8,8 +8,6 @@ plain batched ``model.predict``, on the same model and images, in one run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from embedlab.embeddings import embed_images
 from embedlab.models import build_models, load_embedding_model
+from embedlab.runtime import cpu_description
 
 
 def rate(count: int, seconds: float) -> float:
@@ -54,8 +53,9 @@ def main() -> None:
     embed_images(model, images, args.batch_size, progress=False)
     ours = rate(len(images), time.perf_counter() - start)
 
+    cpu = cpu_description()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; model: {model.name} "
+        f"CPU: {cpu['cpu']}, {cpu['cores']} cores, flags: {' '.join(cpu['flags'])}; model: {model.name} "
         f"({'trained' if saved.exists() else 'random init'}), {size}px, {len(images)} images, batch {args.batch_size}"
     )
     print(f"{'method':<34}{'images/s':>10}{'vs per-image':>14}{'vs predict':>12}")
