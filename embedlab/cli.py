@@ -26,14 +26,18 @@ def _require(path: Path, target: str) -> Path:
 
 
 def embed_queries(images: np.ndarray, model_name: str, root: Path) -> np.ndarray:
-    """Query embeddings from the trained model; for ``stack``, every base model and then the stacker."""
-    from embedlab.embeddings import STACK
+    """Query embeddings made the way ``embed`` made the gallery's (``embed.flip_average``); for ``stack``, every
+    base model and then the stacker."""
+    from embedlab.embeddings import STACK, embed_images
     from embedlab.models import load_embedding_model
+    from embedlab.params import load_params
     from embedlab.stacking import Stacker
+
+    flip_average = load_params(root / "params.yaml").embed.flip_average
 
     def backbone(name: str) -> np.ndarray:
         model = load_embedding_model(_require(root / f"models/{name}.keras", f"train@{name}"))
-        return np.asarray(model.predict(images, verbose=0), dtype=np.float32)
+        return embed_images(model, images, progress=False, flip_average=flip_average)
 
     if model_name != STACK:
         return backbone(model_name)

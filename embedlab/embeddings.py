@@ -122,8 +122,11 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def embed_images(model, images: np.ndarray, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """Embed uint8 images (a memory map is fine) in batches.
+def embed_images(
+    model, images: np.ndarray, batch_size: int = 256, progress: bool = True, flip_average: bool = False
+) -> np.ndarray:
+    """Embed uint8 images (a memory map is fine) in batches; with ``flip_average`` (``embed.flip_average``), the
+    normalised mean of the image's and its left-right mirror's embeddings.
 
     A tf.data pipeline reads the next slice of the memory map while the current batch runs, and Keras' own
     compiled predict loop does the forward pass (it beat a hand-written ``tf.function`` loop by ~2x on CPU), so
@@ -135,10 +138,15 @@ def embed_images(model, images: np.ndarray, batch_size: int = 256, progress: boo
     if count == 0:
         return np.zeros((0, model.output_shape[-1]), np.float32)
 
-    def batches():
-        for start in range(0, count, batch_size):
-            yield np.asarray(images[start : start + batch_size])
+    def predict(mirror: bool) -> np.ndarray:
+        def batches():
+            for start in range(0, count, batch_size):
+                batch = np.asarray(images[start : start + batch_size])
+                yield np.ascontiguousarray(batch[:, :, ::-1]) if mirror else batch
 
-    spec = tf.TensorSpec((None, *images.shape[1:]), tf.uint8)
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
-    return np.asarray(model.predict(dataset, verbose=1 if progress else 0), dtype=np.float32)
+        spec = tf.TensorSpec((None, *images.shape[1:]), tf.uint8)
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+        return np.asarray(model.predict(dataset, verbose=1 if progress else 0), dtype=np.float32)
+
+    vectors = predict(mirror=False)
+    return l2_normalize(vectors + predict(mirror=True)) if flip_average else vectors

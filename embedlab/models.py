@@ -22,9 +22,9 @@ from embedlab.errors import UserError
 
 @dataclass(frozen=True)
 class Backbone:
-    """A Keras application and how to feed it."""
+    """A Keras application (or this module's small-image network) and how to feed it."""
 
-    build: str  # attribute of keras.applications
+    build: str  # attribute of keras.applications, or "SmallNet" (built here: see build_smallnet)
     preprocess: str  # "caffe" (BGR, ImageNet mean), "tf" ([-1, 1]) or "torch" ([0, 1], ImageNet mean/std)
     min_size: int  # smallest input the architecture accepts
     weights_file: str  # the no-top ImageNet file Keras downloads into ~/.keras/models/
@@ -38,7 +38,43 @@ BACKBONES: dict[str, Backbone] = {
     "mobilenetv2": Backbone(
         "MobileNetV2", "tf", 32, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5"
     ),
+    "smallnet": Backbone("SmallNet", "tf", 16, ""),  # no ImageNet weights: built for training from scratch
 }
+
+SMALLNET_WIDTHS = (64, 256, 256)
+
+
+def build_smallnet(side: int, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0) -> keras.Model:
+    """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
+    a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool ->
+    BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.
+
+    Why: ImageNet backbones spend most of their depth below 8x8 pixels on a 32 px input; this one keeps its
+    compute at 16x16 and 8x8, where small images carry their information. Three 2x downsamplings suit 32-64 px
+    inputs; each block halves the side, so the input must be at least 2 ** len(widths) + 1 pixels.
+    """
+    inputs = keras.Input((side, side, 3), name="pixels")
+
+    def conv(width: int, kernel: int, name: str, padding: str = "same", bias: bool = False):
+        # Seeded He init: the same params give the same first weights in every process.
+        init = keras.initializers.HeNormal(seed=seed + len(names))
+        names.append(name)
+        return keras.layers.Conv2D(width, kernel, padding=padding, use_bias=bias, kernel_initializer=init, name=name)
+
+    names: list[str] = []
+    x = conv(24, 2, "stem_conv", padding="valid", bias=True)(inputs)
+    x = keras.layers.Activation("gelu", name="stem_gelu")(x)
+    for b, width in enumerate(widths, start=1):
+        x = conv(width, 3, f"block{b}_conv1")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"block{b}_bn1")(x)
+        x = keras.layers.Activation("gelu", name=f"block{b}_gelu1")(x)
+        x = conv(width, 3, f"block{b}_conv2")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"block{b}_bn2")(x)
+        x = keras.layers.Activation("gelu", name=f"block{b}_gelu2")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name="smallnet")
+
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,6 +133,10 @@ def keras_weights_dir() -> Path:
 def _build_backbone(name: str, weights: str | None, side: int) -> keras.Model:
     """Instantiate the Keras application; an offline ImageNet download fails with the file and folder to fix it."""
     spec = BACKBONES[name]
+    if spec.build == "SmallNet":
+        if weights == "imagenet":
+            raise UserError(f"model.weights=imagenet: {name} has no ImageNet weights; use null or a .weights.h5 path")
+        return build_smallnet(side)
     application = getattr(keras.applications, spec.build)
     keras_weights = "imagenet" if weights == "imagenet" else None
     try:
@@ -142,6 +182,7 @@ def build_models(
     input_size: int | None = None,
     bn_momentum: float | None = None,
     probe_head: bool = False,
+    logit_scale: float = 1.0,
 ) -> Models:
     """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head."""
     if name not in BACKBONES:
@@ -168,6 +209,10 @@ def build_models(
     embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
     # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
     head_input = StopGradient(name="probe")(embedding) if probe_head else embedding
+    if logit_scale != 1.0:
+        # A unit embedding caps the logits at |W|; under weight decay they stay small and the softmax gradient weak.
+        # A fixed scale (a normalised-softmax head) lets the classifier saturate from the first epoch.
+        head_input = keras.layers.Rescaling(logit_scale, name="logit_scale")(head_input)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(head_input)
     trainer = keras.Model(inputs, {"embedding": embedding, "logits": logits}, name=f"{name}_trainer")
     if weights not in (None, "imagenet"):

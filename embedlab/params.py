@@ -60,7 +60,7 @@ class AugmentParams(_Section):
     contrast: NonNegativeFraction = 0.0
 
 
-BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2"]
+BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -68,7 +68,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 class ModelParams(_Section):
     weights: str | None = None  # "imagenet", None (random init) or a path to a .weights.h5 file
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
-    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
+    input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
+    logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0  # unit embedding x this before the classifier
 
 
 class TrainParams(_Section):
@@ -78,6 +79,8 @@ class TrainParams(_Section):
     finetune_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: PositiveFloat = 1e-3
+    lr_schedule: Literal["constant", "triangular", "cosine"] = "constant"
+    lr_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of a phase's steps spent rising to train.lr
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     dropout: NonNegativeFraction = 0.2
     batch_size: Annotated[int, Field(ge=2)] = 64
@@ -98,6 +101,8 @@ class TrainParams(_Section):
     def _check(self) -> TrainParams:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs: must be < train.epochs ({self.epochs})")
+        if self.lr_warmup and self.lr_schedule == "constant":
+            raise ValueError("lr_warmup: needs train.lr_schedule triangular or cosine (the constant schedule has none)")
         return self
 
 
@@ -106,17 +111,27 @@ class BackboneOverrides(_Section):
 
     weights: str | None = None
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = None
-    input_size: Annotated[int, Field(ge=32, le=1024)] | None = None
+    input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
+    logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None
     epochs: PositiveInt | None = None
     warmup_epochs: Annotated[int, Field(ge=0)] | None = None
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None
     finetune_factor: Annotated[float, Field(gt=0, le=1)] | None = None
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
     lr: PositiveFloat | None = None
+    lr_schedule: Literal["constant", "triangular", "cosine"] | None = None
+    lr_warmup: Annotated[float, Field(ge=0, lt=1)] | None = None
+    weight_decay: Annotated[float, Field(ge=0)] | None = None
+    label_smoothing: NonNegativeFraction | None = None
     dropout: NonNegativeFraction | None = None
     batch_size: Annotated[int, Field(ge=2)] | None = None
     max_per_class: Annotated[int, Field(ge=1)] | None = None
     mixed_precision: AutoOnOff | None = None
+
+
+class EmbedParams(_Section):
+    flip_average: bool = False  # embed an image and its mirror, average, normalise (queries in `search` too)
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
 
 
 class FaissParams(_Section):
@@ -142,10 +157,11 @@ class EvaluateParams(_Section):
 
 
 class StackParams(_Section):
-    method: Literal["concat", "pca", "weighted", "mlp"] = "concat"
+    method: Literal["select", "concat", "pca", "weighted", "mlp"] = "select"
     models: list[BackboneName] | None = None  # None: every backbone in ``backbones``
     dim: Annotated[int, Field(ge=2, le=4096)] = 32
     whiten_shrinkage: Annotated[float, Field(ge=0)] = 1.0
+    select_k: Annotated[int, Field(ge=1, le=1000)] = 5  # select: the validation mAP@k it maximises
     hidden: Annotated[int, Field(ge=2, le=8192)] = 256
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax+triplet"
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
@@ -183,6 +199,7 @@ class Params(_Section):
     )
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
+    embed: EmbedParams = EmbedParams()
     evaluate: EvaluateParams = EvaluateParams()
     stack: StackParams = StackParams()
     cluster: ClusterParams = ClusterParams()

@@ -11,6 +11,11 @@ Methods (``stack.method``):
 * ``weighted``: one learned non-negative weight per backbone (softmax of free logits); cosine similarity becomes the
   weighted mean of the backbones' cosine similarities.
 * ``mlp``: a small meta-network (dense → ReLU → dense → L2) trained with the same losses as ``train``.
+* ``select`` (default): per-backbone weights chosen by what the stack is for, retrieval. Each validation image
+  queries the other validation images; starting from the best single backbone (weight 1, others 0), coordinate
+  ascent tries each backbone at each weight of :data:`SELECT_GRID` and keeps a change only when the validation
+  mAP@``stack.select_k`` rises. So on the validation split the stack is never worse than its best member, and a
+  backbone that only adds noise keeps weight 0. Cosine similarity becomes Σ w_b·cos_b / Σ w_b, as in ``weighted``.
 
 Learned stackers (pca, weighted, mlp) are fitted on the **validation** split only: the base models were trained on
 the train split, so their train embeddings are tighter than anything unseen and a stacker fitted on them would
@@ -47,7 +52,7 @@ class Stacker:
         x = np.concatenate([np.asarray(b, np.float32) for b in blocks], axis=1)
         if self.method == "concat":
             return l2_normalize(x)
-        if self.method == "weighted":
+        if self.method in ("weighted", "select"):
             scale = np.concatenate(
                 [
                     np.full(b.shape[1], np.sqrt(w), np.float32)
@@ -106,6 +111,8 @@ def fit_stacker(
         return Stacker(method, backbones), {}
     if method == "pca":
         return _fit_pca(backbones, blocks, params)
+    if method == "select":
+        return _fit_select(backbones, blocks, labels, params)
     return _fit_network(method, backbones, blocks, labels, params, num_classes)
 
 
@@ -120,6 +127,59 @@ def _fit_pca(backbones: list[str], blocks: list[np.ndarray], params: StackParams
     explained = float(variance.sum() / max((singular**2).sum() / max(len(x) - 1, 1), 1e-12))
     stacker = Stacker("pca", backbones, {"mean": mean.astype(np.float32), "projection": projection.astype(np.float32)})
     return stacker, {"dim": dim, "explained_variance": round(explained, 6)}
+
+
+SELECT_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+SELECT_MAX_QUERIES = 2000  # validation queries scored per candidate (all validation images stay the gallery)
+
+
+def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """mAP@k of ``query_rows`` (rows of ``similarity``) against every validation image but the query itself."""
+    from embedlab.retrieval import average_precision_at_k
+
+    sims = similarity.copy()
+    sims[np.arange(len(query_rows)), query_rows] = -np.inf
+    k = min(k, sims.shape[1] - 1)
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable"), 1)
+    relevant = labels[order] == labels[query_rows][:, None]
+    num_relevant = np.bincount(labels, minlength=labels.max() + 1)[labels[query_rows]] - 1
+    return float(average_precision_at_k(relevant, num_relevant, k).mean())
+
+
+def _fit_select(
+    backbones: list[str], blocks: list[np.ndarray], labels: np.ndarray, params: StackParams
+) -> tuple[Stacker, dict[str, float]]:
+    rng = np.random.default_rng(params.seed)
+    queries = np.sort(rng.permutation(len(labels))[:SELECT_MAX_QUERIES])
+    grams = [np.asarray(b[queries], np.float32) @ np.asarray(b, np.float32).T for b in blocks]
+
+    def score(weights: np.ndarray) -> float:
+        combined = sum(w * g for w, g in zip(weights, grams, strict=True) if w)
+        return leave_one_out_map(combined, queries, labels, params.select_k)
+
+    singles = [score(np.eye(len(blocks))[b]) for b in range(len(blocks))]
+    best = int(np.argmax(singles))
+    weights, best_score = np.eye(len(blocks))[best], singles[best]
+    improved = True
+    while improved:  # coordinate ascent; every accepted step strictly raises the score, so it ends
+        improved = False
+        for b in range(len(blocks)):
+            for value in SELECT_GRID:
+                trial = weights.copy()
+                trial[b] = value
+                if not trial.any() or value == weights[b]:
+                    continue
+                trial_score = score(trial)
+                if trial_score > best_score + 1e-6:
+                    weights, best_score, improved = trial, trial_score, True
+    weights = (weights / weights.sum()).astype(np.float32)
+    metrics = {
+        "val_map_best_single": round(singles[best], 6),
+        "val_map_stack": round(best_score, 6),
+        **{f"weight_{name}": round(float(w), 6) for name, w in zip(backbones, weights, strict=True)},
+    }
+    return Stacker("select", backbones, {"weights": weights}), metrics
 
 
 def _fit_network(

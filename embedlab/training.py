@@ -16,6 +16,7 @@ went.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -83,16 +84,57 @@ def _set_mixed_precision(setting: str) -> str:
     return policy
 
 
-def _optimizer(train: TrainParams, lr: float):
+def lr_at(step: float, peak: float, total_steps: int, schedule: str, warmup: float) -> float:
+    """The learning rate after ``step`` of a phase's ``total_steps`` (plain Python: the schedule's one definition).
+
+    ``triangular`` rises linearly from peak/10 to ``peak`` over the first ``warmup`` share of the steps, then falls
+    linearly to 0 at the last step; ``cosine`` rises the same way, then follows a half cosine to 0. Ending at 0 is
+    what lets a short from-scratch run settle into a minimum instead of bouncing around it.
+    """
+    if schedule == "constant":
+        return peak
+    rise = warmup * total_steps
+    if step < rise:
+        return peak * (0.1 + 0.9 * step / rise)
+    left = max(0.0, 1.0 - (step - rise) / max(total_steps - rise, 1.0))
+    if schedule == "triangular":
+        return peak * left
+    if schedule == "cosine":
+        return peak * 0.5 * (1.0 - math.cos(math.pi * left))
+    raise ValueError(f"unknown train.lr_schedule {schedule!r}")
+
+
+def _schedule(train: TrainParams, peak: float, total_steps: int):
+    """``lr_at`` as a Keras schedule, driven by the optimizer's step counter (restored with a checkpoint)."""
+    import keras
+    from keras import ops
+
+    if train.lr_schedule == "constant":
+        return peak
+
+    class PhaseSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            step = ops.cast(step, "float32")
+            rise = train.lr_warmup * total_steps
+            warm = peak * (0.1 + 0.9 * step / max(rise, 1e-9))
+            left = ops.maximum(0.0, 1.0 - (step - rise) / max(total_steps - rise, 1.0))
+            fall = peak * left if train.lr_schedule == "triangular" else peak * 0.5 * (1.0 - ops.cos(math.pi * left))
+            return ops.where(step < rise, warm, fall)
+
+    return PhaseSchedule()
+
+
+def _optimizer(train: TrainParams, lr: float, total_steps: int):
     import keras
 
+    rate = _schedule(train, lr, total_steps)
     if train.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True, weight_decay=train.weight_decay or None)
+        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=train.weight_decay or None)
     if train.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr, weight_decay=train.weight_decay or None)
+        return keras.optimizers.RMSprop(rate, weight_decay=train.weight_decay or None)
     if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=train.weight_decay or 0.004)
-    return keras.optimizers.Adam(lr, weight_decay=train.weight_decay or None)
+        return keras.optimizers.AdamW(rate, weight_decay=train.weight_decay or 0.004)
+    return keras.optimizers.Adam(rate, weight_decay=train.weight_decay or None)
 
 
 def _set_trainable(backbone, unfreeze: str | int, pretrained: bool) -> None:
@@ -266,7 +308,7 @@ class Trainer:
         return shuffled_order(len(labels), seed, epoch)
 
     # -- model --------------------------------------------------------------------------------------------------
-    def _compile(self, models, lr: float) -> None:
+    def _compile(self, models, lr: float, total_steps: int) -> None:
         import keras
 
         from embedlab.losses import TripletLoss
@@ -280,7 +322,7 @@ class Trainer:
             losses["embedding"] = TripletLoss(train.triplet_mining, train.triplet_margin)
             weights["embedding"] = train.triplet_weight
         models.trainer.compile(
-            optimizer=_optimizer(train, lr),
+            optimizer=_optimizer(train, lr, total_steps),
             loss=losses,
             loss_weights=weights,
             metrics={"logits": [keras.metrics.CategoricalAccuracy(name="accuracy")]},
@@ -332,6 +374,7 @@ class Trainer:
                 # still remember the initial (0, 1) statistics after hundreds of steps and wreck evaluation.
                 bn_momentum=None if pretrained else 0.9,
                 probe_head=train.loss == "triplet",
+                logit_scale=model_params.logit_scale,
             )
         augment = build_augmentation(self.augment, seed=train.seed)
         live = self._open_live(state)
@@ -344,7 +387,8 @@ class Trainer:
                 continue
             with strategy.scope():
                 _set_trainable(models.backbone, unfreeze, pretrained)
-                self._compile(models, lr)
+                steps_per_epoch = math.ceil(len(y_train) / train.batch_size)
+                self._compile(models, lr, (last - first) * steps_per_epoch)
                 if state.epoch > first:  # resume mid-phase: weights and optimizer state of the checkpoint
                     models.trainer.optimizer.build(models.trainer.trainable_variables)
                     models.trainer.load_weights(self.checkpoints.weights_path(state))
@@ -369,7 +413,7 @@ class Trainer:
                     "train/accuracy": float(fit.history["logits_accuracy"][-1]),
                     "val/loss": float(evaluation["loss"]),
                     "val/accuracy": float(evaluation["logits_accuracy"]),
-                    "lr": float(lr),
+                    "lr": float(models.trainer.optimizer.learning_rate),
                 }
                 if not np.isfinite(row["val/loss"]):
                     raise UserError(

@@ -11,10 +11,12 @@ from embedlab.params import load_params
 
 def main() -> None:
     name = sys.argv[1]
-    load_params()  # validate before work
+    params = load_params()  # validate before work
     data = Prepared.open("data/prepared")
     model = load_embedding_model(f"models/{name}.keras")
-    vectors = embed_images(model, data.images)
+    vectors = embed_images(
+        model, data.images, batch_size=params.embed.batch_size, flip_average=params.embed.flip_average
+    )
     index = data.index
     EmbeddingSet(vectors, index["id"].to_numpy(), data.labels, index["split"].to_numpy(), data.class_names).save(
         f"data/embeddings/{name}.npz"

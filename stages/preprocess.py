@@ -1,4 +1,5 @@
-"""preprocess: data/raw -> data/prepared (resize, seeded stratified splits) and metrics/data.json."""
+"""preprocess: data/raw -> data/prepared (resize, seeded stratified splits), metrics/data.json (the totals a user
+compares) and data/prepared/report.json (per-class counts and skipped files: too many columns for a metric)."""
 
 from embedlab.data.prepare import prepare
 from embedlab.data.raw import RawDataset
@@ -6,21 +7,16 @@ from embedlab.errors import run_main
 from embedlab.fsutil import write_json
 from embedlab.params import load_params
 
-MAX_LISTED_SKIPS = 50
-
 
 def main() -> None:
     params = load_params()
     summary = prepare("data/raw", "data/prepared", params.data)
     skipped = RawDataset.open("data/raw").skipped
+    totals = {**summary.counts, "total": sum(summary.counts.values())}
+    write_json("metrics/data.json", {"images": totals, "classes": len(summary.per_class), "skipped": len(skipped)})
     write_json(
-        "metrics/data.json",
-        {
-            "images": {**summary.counts, "total": sum(summary.counts.values())},
-            "per_class": summary.per_class,
-            "skipped": len(skipped),
-            "skipped_files": skipped[:MAX_LISTED_SKIPS],
-        },
+        "data/prepared/report.json",
+        {"images": totals, "per_class": summary.per_class, "skipped": len(skipped), "skipped_files": skipped},
     )
     print(f"preprocess: {summary.counts} at {params.data.image_size}px -> data/prepared")
 

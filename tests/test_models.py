@@ -91,3 +91,30 @@ def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pyt
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / "keras" / "models") in message
     assert "model.weights=null" in message
+
+
+@pytest.mark.parametrize(("size", "classes"), [(16, 2), (32, 10), (48, 3)])
+def test_smallnet_trains_one_step_at_any_size_and_class_count(size: int, classes: int) -> None:
+    models = build_models("smallnet", size, num_classes=classes, embedding_dim=12, logit_scale=16.0)
+    assert [layer.name for layer in models.backbone.layers if "pool" in layer.name][-1] == "max_pool"
+    models.trainer.compile(optimizer="sgd", loss={"logits": "categorical_crossentropy"})
+    images, labels = _images(8, size), np.eye(classes, dtype="float32")[np.arange(8) % classes]
+    before = [np.array(w) for w in models.trainer.get_weights()]
+    models.trainer.fit(images, {"logits": labels}, epochs=1, batch_size=8, verbose=0)
+    assert any(not np.allclose(a, b) for a, b in zip(before, models.trainer.get_weights(), strict=True))
+    out = np.asarray(models.embedding(images, training=False))
+    assert out.shape == (8, 12)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    logits = np.asarray(models.trainer(images, training=False)["logits"])
+    assert logits.shape == (8, classes) and np.isfinite(logits).all()
+
+
+def test_smallnet_has_no_imagenet_weights() -> None:
+    with pytest.raises(UserError, match="smallnet has no ImageNet weights"):
+        build_models("smallnet", 32, num_classes=3, weights="imagenet")
+
+
+def test_smallnet_is_seeded() -> None:
+    first, second = (build_models("smallnet", 32, num_classes=3).backbone.get_weights() for _ in range(2))
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -29,8 +29,9 @@ def test_repro_preprocess_then_noop_then_precise_rerun(tmp_path: Path) -> None:
     assert prepared.images.dtype == np.uint8
     assert prepared.index["id"].is_unique
     report = json.loads((repo / "metrics" / "data.json").read_text())
-    assert report["images"]["total"] == 120 and report["skipped"] == 0
-    assert all(sum(counts.values()) == 12 for counts in report["per_class"].values())
+    assert report == {"images": {"train": 84, "val": 0, "test": 36, "total": 120}, "classes": 10, "skipped": 0}
+    per_class = json.loads((repo / "data" / "prepared" / "report.json").read_text())["per_class"]
+    assert len(per_class) == 10 and all(sum(counts.values()) == 12 for counts in per_class.values())
 
     again = dvc("repro", "preprocess", cwd=repo)
     assert _ran(again.stdout) == set()

@@ -40,7 +40,7 @@ def _poison_train(sets: dict[str, EmbeddingSet]) -> dict[str, EmbeddingSet]:
     return out
 
 
-@pytest.mark.parametrize("method", ["concat", "pca", "weighted", "mlp"])
+@pytest.mark.parametrize("method", ["select", "concat", "pca", "weighted", "mlp"])
 def test_every_method_gives_unit_embeddings_and_never_reads_train(method: str, tmp_path: Path) -> None:
     params = StackParams(method=method, dim=8, hidden=16, epochs=5, batch_size=32)
     sets = _sets()
@@ -116,3 +116,38 @@ def test_misaligned_backbones_are_refused() -> None:
     sets["b"] = EmbeddingSet(shuffled.embeddings, shuffled.ids[::-1], *(getattr(shuffled, f) for f in _META[1:]))
     with pytest.raises(UserError, match="different images"):
         stack_embeddings(sets, StackParams())
+
+
+def _noise_like(emb: EmbeddingSet, seed: int) -> EmbeddingSet:
+    vectors = l2_normalize(np.random.default_rng(seed).normal(size=emb.embeddings.shape))
+    return EmbeddingSet(vectors, *(getattr(emb, f) for f in _META))
+
+
+def test_select_is_never_worse_than_its_best_member_on_validation_and_drops_noise() -> None:
+    sets = _sets(per_split=(60, 120, 40))
+    with_noise = {"a": sets["a"], "noise": _noise_like(sets["b"], 3), "b": sets["b"]}
+    _, stacker, metrics = stack_embeddings(with_noise, StackParams(method="select", select_k=5))
+    assert metrics["weight_noise"] == 0.0 and metrics["weight_a"] > 0 and metrics["weight_b"] > 0
+    assert metrics["val_map_stack"] >= metrics["val_map_best_single"]
+    np.testing.assert_allclose(stacker.arrays["weights"].sum(), 1.0, atol=1e-6)
+    # The reported scores are leave-one-out mAP@5 on the validation rows, recomputed here by hand.
+    val = sets["a"].split("val")
+    labels = sets["a"].labels[val]
+    single = max(_loo_map(e.embeddings[val] @ e.embeddings[val].T, labels) for e in with_noise.values())
+    assert metrics["val_map_best_single"] == pytest.approx(single, abs=1e-6)
+    # Only noise and one real member: the stack is that member alone.
+    _, _, alone = stack_embeddings({"a": sets["a"], "noise": with_noise["noise"]}, StackParams(method="select"))
+    assert (alone["weight_a"], alone["weight_noise"]) == (1.0, 0.0)
+    assert alone["val_map_stack"] == alone["val_map_best_single"]
+
+
+def _loo_map(similarity: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Leave-one-out mAP@k, the slow obvious way."""
+    scores = []
+    for q in range(len(labels)):
+        others = [i for i in np.argsort(-similarity[q], kind="stable") if i != q][:k]
+        hits = [labels[i] == labels[q] for i in others]
+        relevant = min(k, int((labels == labels[q]).sum()) - 1)
+        precision = [sum(hits[: r + 1]) / (r + 1) for r in range(k)]
+        scores.append(sum(p for p, h in zip(precision, hits, strict=True) if h) / relevant if relevant else 0.0)
+    return float(np.mean(scores))
