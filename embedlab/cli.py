@@ -3,6 +3,7 @@
 embedlab search photo.jpg --model densenet121 --k 5 --out collage.png
 embedlab search a.png b.jpg --model resnet50 --json
 embedlab export --model stack --format parquet --out stack.parquet
+embedlab results table results/cifar10
 """
 
 from __future__ import annotations
@@ -130,6 +131,15 @@ def _export(args: argparse.Namespace) -> None:
     print(f"export: {args.model} -> {out}")
 
 
+def _results(args: argparse.Namespace) -> None:
+    from embedlab.results import collect, markdown_table
+
+    if args.action == "collect":
+        out = collect(args.run_dir, args.results_dir, args.command_line, args.seconds)
+        print(f"results: {args.run_dir} -> {out}")
+    print(markdown_table(args.results_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="embedlab", description="Query and export the pipeline's embeddings.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +156,17 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--format", choices=["csv", "tsv", "parquet"], default="csv")
     export.add_argument("--out", help="output file (default: <model>.<format>)")
     export.set_defaults(run=_export)
+    results = commands.add_parser("results", help="record a finished run in a results folder; print its table")
+    results_actions = results.add_subparsers(dest="action", required=True)
+    collect = results_actions.add_parser("collect", help="copy a run's params, metrics and plots; print the table")
+    collect.add_argument("run_dir", help="the repository clone where `dvc repro` ran")
+    collect.add_argument("results_dir", help="e.g. results/cifar10")
+    collect.add_argument("--command-line", default="dvc repro", help="the command that made the run")
+    collect.add_argument("--seconds", type=float, help="the pipeline's wall time")
+    table = results_actions.add_parser("table", help="print the markdown results table of a results folder")
+    table.add_argument("results_dir")
+    for sub in (collect, table):
+        sub.set_defaults(run=_results)
     args = parser.parse_args(argv)
     if getattr(args, "k", 1) < 1:
         parser.error("--k must be at least 1")

@@ -1,0 +1,96 @@
+"""Recorded runs: copy a finished pipeline's small outputs into a results folder, and print its table from them.
+
+A run worth keeping (the CIFAR-10 recipe) is made in its own clone: ``dvc repro`` on the recipe's params, then
+``embedlab results collect <clone> results/<name>``. The folder holds what a reader needs to trust the numbers
+(params, lock, every metrics file, curves, pictures, the machine) and ``embedlab results table`` prints the README
+table from those files, so no number is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from embedlab.errors import UserError
+from embedlab.fsutil import write_json
+
+COPIED = ("params.yaml", "dvc.lock", "metrics", "dvclive", "plots")
+RAW_PIXELS, STACK = "raw_pixels", "stack"
+
+
+def collect(run_dir: str | Path, out_dir: str | Path, command: str, pipeline_seconds: float | None) -> Path:
+    """Copy the run's params, lock, metrics, dvclive logs and plots into ``out_dir`` and describe the run."""
+    from embedlab.runtime import cpu_description
+
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / "metrics" / "retrieval").is_dir():
+        raise UserError(f"{run}/metrics/retrieval is missing: run `dvc repro` in {run} first")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source, target = run / name, out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.tmp", ".*"))
+        elif source.exists():
+            shutil.copy2(source, target)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
+    write_json(
+        out / "run.json",
+        {"command": command, "commit": commit, "cpu": cpu_description(), "pipeline_seconds": pipeline_seconds},
+    )
+    return out
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
+    """One row per model (backbones in params order, then the stack and raw pixels) from the metrics files."""
+    import yaml
+
+    root = Path(results_dir)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    rows = []
+    for name in [*params["backbones"], STACK, RAW_PIXELS]:
+        retrieval = _read(root / "metrics" / "retrieval" / f"{name}.json")
+        if not retrieval:
+            continue
+        train = _read(root / "metrics" / "train" / f"{name}.json")
+        rows.append(
+            {
+                "model": name,
+                "map@5": retrieval.get("map@5"),
+                "precision@1": retrieval.get("precision@1"),
+                "map@r": retrieval.get("map@r"),
+                "knn_accuracy@5": retrieval.get("knn_accuracy@5"),
+                "linear_probe_accuracy": retrieval.get("linear_probe_accuracy"),
+                "test_accuracy": train.get("test_accuracy"),
+                "train_images": train.get("train_images"),
+                "epochs": train.get("epochs_run"),
+                "train_minutes": round(train["wall_seconds"] / 60, 1) if "wall_seconds" in train else None,
+                "images_per_second": train.get("epoch_images_per_second"),
+            }
+        )
+    return rows
+
+
+def markdown_table(results_dir: str | Path) -> str:
+    """The README's results table."""
+    headers = [
+        "model", "mAP@5", "P@1", "MAP@R", "kNN acc@5", "linear probe", "softmax test acc",
+        "train images", "epochs", "train min", "img/s",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in table_rows(results_dir):
+        cells = [f"**{row['model']}**" if row["model"] == STACK else str(row["model"])]
+        for key in list(row)[1:]:
+            value = row[key]
+            cells.append(
+                "–" if value is None else f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

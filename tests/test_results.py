@@ -1,0 +1,44 @@
+"""Recorded runs: `embedlab results collect` copies a run's files, `table` reads its numbers from them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from embedlab.cli import main
+from embedlab.errors import UserError
+from embedlab.results import collect, table_rows
+
+from .conftest import REPO
+
+
+def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    for name in ("metrics", "plots", "dvclive"):
+        shutil.copytree(REPO / name, run / name)
+    shutil.copy(REPO / "params.yaml", run / "params.yaml")
+    # A number changed in the run's metrics must show up in the table: nothing is read from anywhere else.
+    retrieval = json.loads((run / "metrics/retrieval/resnet50.json").read_text())
+    retrieval["map@5"] = 0.123456
+    (run / "metrics/retrieval/resnet50.json").write_text(json.dumps(retrieval))
+
+    main(["results", "collect", str(run), str(tmp_path / "out"), "--seconds", "12.5"])
+    out = tmp_path / "out"
+    assert (out / "metrics/retrieval/resnet50.json").exists() and (out / "plots/train").is_dir()
+    assert json.loads((out / "run.json").read_text())["pipeline_seconds"] == 12.5
+    rows = {row["model"]: row for row in table_rows(out)}
+    assert list(rows)[-2:] == ["stack", "raw_pixels"]
+    assert rows["resnet50"]["map@5"] == 0.123456
+    train = json.loads((REPO / "metrics/train/densenet121.json").read_text())
+    assert rows["densenet121"]["test_accuracy"] == train["test_accuracy"]
+    assert rows["densenet121"]["train_images"] == train["train_images"]
+    printed = capsys.readouterr().out
+    assert "| resnet50 | 0.1235 |" in printed and "| **stack** |" in printed
+
+
+def test_collect_needs_a_finished_run(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="run `dvc repro`"):
+        collect(tmp_path, tmp_path / "out", "dvc repro", None)
