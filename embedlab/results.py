@@ -78,6 +78,12 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     return rows
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) and value <= 1 else str(value)
+
+
 def markdown_table(results_dir: str | Path) -> str:
     """The README's results table."""
     headers = [
