@@ -42,7 +42,7 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str,
     probe = linear_probe_accuracy(
         emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], params.seed
     )
-    metrics = {**report.metrics, "linear_probe_accuracy": probe}
+    metrics = {**report.metrics, "linear_probe_accuracy": probe, "queries": len(queries), "gallery": len(gallery)}
     return {key: round(value, 6) for key, value in metrics.items()}, report
 
 
