@@ -131,6 +131,7 @@ def _fit_pca(backbones: list[str], blocks: list[np.ndarray], params: StackParams
 
 SELECT_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 SELECT_MAX_QUERIES = 2000  # validation queries scored per candidate (all validation images stay the gallery)
+SELECT_MAX_PASSES = 10
 
 
 def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -161,8 +162,7 @@ def _fit_select(
     singles = [score(np.eye(len(blocks))[b]) for b in range(len(blocks))]
     best = int(np.argmax(singles))
     weights, best_score = np.eye(len(blocks))[best], singles[best]
-    improved = True
-    while improved:  # coordinate ascent; every accepted step strictly raises the score, so it ends
+    for _ in range(SELECT_MAX_PASSES):  # coordinate ascent until a pass changes nothing
         improved = False
         for b in range(len(blocks)):
             for value in SELECT_GRID:
@@ -173,6 +173,8 @@ def _fit_select(
                 trial_score = score(trial)
                 if trial_score > best_score + 1e-6:
                     weights, best_score, improved = trial, trial_score, True
+        if not improved:
+            break
     weights = (weights / weights.sum()).astype(np.float32)
     metrics = {
         "val_map_best_single": round(singles[best], 6),
