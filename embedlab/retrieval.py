@@ -113,13 +113,17 @@ class FaissIndex:
 def _drop_self(
     indices: np.ndarray, scores: np.ndarray, k: int, query_ids: np.ndarray, gallery_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """From k+1 results per row, remove the query's own id (else the last result), keeping the order."""
-    keep = np.ones(indices.shape, bool)
+    """Move each query's own id to the end of its results with score -inf (as exact search ranks it), keep k.
+
+    Asked for k + 1 results, this drops the query itself (or the last result when the query was not among them);
+    asked for the whole gallery (k = gallery size), the query is still there, last, at -inf, exactly as in exact
+    search.
+    """
     is_self = (gallery_ids[np.maximum(indices, 0)] == query_ids[:, None]) & (indices >= 0)
-    has_self = is_self.any(1)
-    keep[has_self] = ~is_self[has_self]
-    keep[~has_self, -1] = False
-    return indices[keep].reshape(len(indices), k), scores[keep].reshape(len(indices), k)
+    order = np.argsort(is_self, axis=1, kind="stable")  # the others first, in rank order; the query last
+    indices = np.take_along_axis(indices, order, axis=1)
+    scores = np.where(np.take_along_axis(is_self, order, axis=1), -np.inf, np.take_along_axis(scores, order, 1))
+    return indices[:, :k], scores[:, :k].astype(np.float32)
 
 
 def iter_top_k(
@@ -147,8 +151,8 @@ def iter_top_k(
         rows = slice(start, start + chunk_size)
         chunk_ids = None if query_ids is None else query_ids[rows]
         if index is not None:
-            exclude = chunk_ids is not None and gallery_ids is not None and k < len(gallery)
-            indices, scores = index.top_k(queries[rows], k + 1 if exclude else k)
+            exclude = chunk_ids is not None and gallery_ids is not None
+            indices, scores = index.top_k(queries[rows], min(k + 1, len(gallery)) if exclude else k)
             if exclude:
                 indices, scores = _drop_self(indices, scores, k, chunk_ids, gallery_ids)
             yield rows, indices, scores

@@ -126,6 +126,26 @@ def test_faiss_excludes_self_by_id_like_exact_search() -> None:
     assert not np.any(approx[0] == np.arange(50)[:, None])
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_flat_faiss_equals_exact_at_every_depth_with_and_without_self(seed: int) -> None:
+    """Random galleries of 1-9 images, some queries in the gallery, depths up to past the gallery size."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(1, 10))
+    gallery = l2_normalize(rng.normal(size=(size, 6)))
+    ids = np.array([f"g{i}" for i in range(size)])
+    outside = l2_normalize(rng.normal(size=(3, 6)))
+    inside = rng.permutation(size)[: max(1, size // 2)]
+    queries = np.concatenate([gallery[inside], outside])
+    query_ids = np.concatenate([ids[inside], ["q0", "q1", "q2"]])
+    metric = ("cosine", "euclidean")[seed % 2]
+    flat = FaissIndex(gallery, metric, FaissParams(type="flat"))
+    for k in range(1, size + 3):
+        exact = search(queries, gallery, k, metric, query_ids=query_ids, gallery_ids=ids)
+        approx = search(queries, gallery, k, metric, query_ids=query_ids, gallery_ids=ids, index=flat)
+        np.testing.assert_array_equal(approx[0], exact[0], err_msg=f"size {size} k {k}")
+        np.testing.assert_allclose(approx[1], exact[1], atol=1e-5, err_msg=f"size {size} k {k}")
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_faiss_approximate_indexes_recall_and_metrics(kind: str) -> None:
     rng = np.random.default_rng(5)
