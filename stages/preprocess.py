@@ -2,7 +2,6 @@
 compares) and data/prepared/report.json (per-class counts and skipped files: too many columns for a metric)."""
 
 from embedlab.data.prepare import prepare
-from embedlab.data.raw import RawDataset
 from embedlab.errors import run_main
 from embedlab.fsutil import write_json
 from embedlab.params import load_params
@@ -11,13 +10,8 @@ from embedlab.params import load_params
 def main() -> None:
     params = load_params()
     summary = prepare("data/raw", "data/prepared", params.data)
-    skipped = RawDataset.open("data/raw").skipped
     totals = {**summary.counts, "total": sum(summary.counts.values())}
-    write_json("metrics/data.json", {"images": totals, "classes": len(summary.per_class), "skipped": len(skipped)})
-    write_json(
-        "data/prepared/report.json",
-        {"images": totals, "per_class": summary.per_class, "skipped": len(skipped), "skipped_files": skipped},
-    )
+    write_json("metrics/data.json", {"images": totals, "classes": len(summary.per_class), "skipped": summary.skipped})
     print(f"preprocess: {summary.counts} at {params.data.image_size}px -> data/prepared")
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from embedlab.data.folder import EmptyDatasetError, UnsafeArchiveError, write_folder
 from embedlab.data.prepare import Prepared, prepare
 from embedlab.data.raw import RawDataset
+from embedlab.errors import UserError
 from embedlab.params import DataParams
 
 from .conftest import CIFAR_JPEG
@@ -147,6 +148,16 @@ def test_no_usable_images_is_fatal(tmp_path: Path) -> None:
     (tmp_path / "src" / "cat" / "a.txt").write_text("hello")
     with pytest.raises(EmptyDatasetError, match="no usable images"):
         write_folder(tmp_path / "raw", tmp_path / "src")
+
+
+def test_one_class_stops_at_preprocess_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "src" / "only").mkdir(parents=True)
+    for i in range(4):
+        (tmp_path / "src" / "only" / f"{i}.png").write_bytes(_encode(Image.new("RGB", (8, 8), (i, 0, 0)), "PNG"))
+    write_folder(tmp_path / "raw", tmp_path / "src")
+    with pytest.raises(UserError, match=r"^data: 1 class with usable images \(only\); .* need at least two"):
+        prepare(tmp_path / "raw", tmp_path / "prepared", DataParams())
+    assert not (tmp_path / "prepared").exists()
 
 
 def test_train_test_layout_is_official_split(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@
 * ``index.csv`` -- row ``i`` describes image ``i``: ``id`` (stable, from the source), ``label``, ``class_name``,
   ``split`` (``train``/``val``/``test``).
 * ``info.json`` -- ``class_names``, ``image_size``, ``fit``, ``source``.
+* ``report.json`` -- images per split in total and per class, and every file the download skipped: the details
+  behind ``metrics/data.json``, kept out of it so ``dvc metrics show`` stays readable with many classes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from embedlab.data.raw import RawDataset
+from embedlab.errors import UserError
 from embedlab.fsutil import atomic_dir, write_json
 from embedlab.images import fit_to_square
 from embedlab.params import DataParams
@@ -71,12 +74,19 @@ def assign_splits(raw_splits: np.ndarray, labels: np.ndarray, params: DataParams
 class PreparedSummary:
     counts: dict[str, int]
     per_class: dict[str, dict[str, int]]
+    skipped: int
 
 
 def prepare(raw_dir: str | Path, out_dir: str | Path, params: DataParams) -> PreparedSummary:
     """Resize every kept image to ``params.image_size`` and write ``data/prepared`` atomically."""
     raw = RawDataset.open(raw_dir)
     labels = raw.index["label"].to_numpy()
+    if len(np.unique(labels)) < 2:
+        found = ", ".join(raw.class_names) or "none"
+        raise UserError(
+            f"data: {len(np.unique(labels))} class with usable images ({found}); retrieval and the classifier need "
+            "at least two (data.path: one folder per class)"
+        )
     splits = assign_splits(raw.index["split"].to_numpy().astype(str), labels, params)
     rows = np.flatnonzero(splits != "")
     size = params.image_size
@@ -101,12 +111,17 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, params: DataParams) -> Pre
             tmp / "info.json",
             {"source": raw.source, "class_names": raw.class_names, "image_size": size, "fit": params.fit},
         )
-    counts = {split: int((index["split"] == split).sum()) for split in SPLITS}
-    per_class = {
-        name: {split: int(((index["class_name"] == name) & (index["split"] == split)).sum()) for split in SPLITS}
-        for name in raw.class_names
-    }
-    return PreparedSummary(counts, per_class)
+        counts = {split: int((index["split"] == split).sum()) for split in SPLITS}
+        per_class = {
+            name: {split: int(((index["class_name"] == name) & (index["split"] == split)).sum()) for split in SPLITS}
+            for name in raw.class_names
+        }
+        totals = {**counts, "total": sum(counts.values())}
+        write_json(
+            tmp / "report.json",
+            {"images": totals, "per_class": per_class, "skipped": len(raw.skipped), "skipped_files": raw.skipped},
+        )
+    return PreparedSummary(counts, per_class, len(raw.skipped))
 
 
 @dataclass
