@@ -53,8 +53,12 @@ def search_images(
     from embedlab.data.prepare import Prepared
     from embedlab.embeddings import EmbeddingSet, embedding_path, producing_stage
     from embedlab.images import fit_to_square, open_rgb
+    from embedlab.params import load_params
     from embedlab.retrieval import search
 
+    models = load_params(root / "params.yaml").model_names
+    if model_name not in models:
+        raise UserError(f"--model {model_name}: not a model of this pipeline; choose from {', '.join(models)}")
     prepared_info = json.loads(_require(root / "data/prepared/info.json", "preprocess").read_text())
     size, fit = prepared_info["image_size"], prepared_info["fit"]
     queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])  # fails before any model work

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.embeddings import EmbeddingSet
+from embedlab.errors import UserError
 from embedlab.fsutil import write_json
 from embedlab.params import ClusterParams
 
@@ -118,6 +119,9 @@ def run_clustering(
 ) -> dict[str, dict[str, float]]:
     metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
     methods = params.method.split("+")
+    test_images = len(next(iter(sets.values())).split("test"))
+    if params.k and params.k > test_images:
+        raise UserError(f"cluster.k: {params.k} clusters for {test_images} test images; use at most {test_images}")
     results = {}
     for name, emb in sets.items():
         test = emb.split("test")

@@ -195,3 +195,9 @@ def test_export_errors(tmp_path: Path) -> None:
         export_embeddings("stack", "csv", root=tmp_path)
     with pytest.raises(UserError, match="unknown format"):
         export_embeddings("m", "xlsx", root=tmp_path)
+
+
+def test_more_clusters_than_test_images_is_one_line_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^cluster\.k: 11 clusters for 10 test images; use at most 10$"):
+        run_clustering({"m": _embedding_set()}, ClusterParams(k=11), tmp_path / "metrics", tmp_path / "plots")
+    assert not (tmp_path / "metrics").exists()

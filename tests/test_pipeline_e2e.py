@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from embedlab.embeddings import EmbeddingSet
@@ -111,5 +113,16 @@ def test_search_errors(pipeline: Path, tmp_path: Path) -> None:
     assert missing.returncode != 0 and "cannot read" in missing.stderr
     query = tmp_path / "q.png"
     Image.new("L", (9, 9)).save(query)
-    other = _embedlab(pipeline, "search", str(query), "--model", "resnet50")
+    unknown = _embedlab(pipeline, "search", str(query), "--model", "alexnet")
+    assert unknown.returncode != 0
+    assert (
+        unknown.stderr.strip() == "error: --model alexnet: not a model of this pipeline; choose from mobilenetv2, stack"
+    )
+    # A listed backbone whose embeddings were never made names the stage that makes them.
+    other_root = tmp_path / "other"
+    shutil.copytree(pipeline / "data" / "prepared", other_root / "data" / "prepared")
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["backbones"]["resnet50"] = None
+    (other_root / "params.yaml").write_text(yaml.safe_dump(params))
+    other = _embedlab(other_root, "search", str(query), "--model", "resnet50")
     assert other.returncode != 0 and "dvc repro embed@resnet50" in other.stderr
