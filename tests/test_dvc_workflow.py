@@ -55,6 +55,7 @@ PARAM_CHANGES = [
     ({"train__lr": 1e-4}, ["train@mobilenetv2"]),
     ({"backbones": {"mobilenetv2": {"epochs": 3}}}, ["train@mobilenetv2", *COMBINERS]),
     ({"backbones": {"mobilenetv2": {"epochs": 2}, "vgg16": None}}, ["train@vgg16", "embed@vgg16", *COMBINERS]),
+    ({"embed__flip_average": True}, ["embed@mobilenetv2"]),
     ({"stack__method": "concat"}, ["stack"]),
     ({"evaluate__k": 3}, ["evaluate"]),
     ({"evaluate__index": "faiss"}, ["evaluate"]),
