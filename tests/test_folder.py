@@ -150,6 +150,33 @@ def test_no_usable_images_is_fatal(tmp_path: Path) -> None:
         write_folder(tmp_path / "raw", tmp_path / "src")
 
 
+@pytest.mark.parametrize("kind", ["dir", "tar", "zip"])
+def test_an_empty_class_folder_is_reported_not_dropped_silently(tmp_path: Path, kind: str, capsys) -> None:
+    src = tmp_path / "src"
+    for name in ("cat", "dog"):
+        (src / name).mkdir(parents=True)
+        for i in range(2):
+            (src / name / f"{i}.png").write_bytes(_encode(Image.new("RGB", (8, 8), (i, 9, 0)), "PNG"))
+    (src / "eel").mkdir()
+    (src / "fox").mkdir()
+    (src / "fox" / "notes.txt").write_text("not an image")
+    source = src
+    if kind == "tar":
+        source = tmp_path / "src.tar"
+        with tarfile.open(source, "w") as archive:
+            archive.add(src, arcname="src")
+    elif kind == "zip":
+        source = tmp_path / "src.zip"
+        with zipfile.ZipFile(source, "w") as archive:
+            for path in sorted(src.rglob("*")):
+                archive.write(path, f"src/{path.relative_to(src).as_posix()}" + ("/" if path.is_dir() else ""))
+    _, skipped = write_folder(tmp_path / "raw", source)
+    reasons = {entry["path"]: entry["reason"] for entry in skipped}
+    assert reasons["eel/"] == reasons["fox/"] == "class folder without a usable image: class left out"
+    assert RawDataset.open(tmp_path / "raw").class_names == ["cat", "dog"]
+    assert "class folder 'eel' has no usable image" in capsys.readouterr().err
+
+
 def test_one_class_stops_at_preprocess_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "src" / "only").mkdir(parents=True)
     for i in range(4):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ class EmptyDatasetError(UserError):
 
 
 Reader = Callable[[], bytes]
+Member = tuple[PurePosixPath, Reader | None]  # a file and how to read it, or a folder (None)
 
 
 def _is_ignored(path: PurePosixPath) -> bool:
@@ -53,7 +55,7 @@ def _check_member_name(name: str) -> PurePosixPath:
 
 
 @contextmanager
-def _tar_members(path: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
+def _tar_members(path: Path) -> Iterator[list[Member]]:
     with tarfile.open(path, "r:*") as archive:
         members = archive.getmembers()
         for member in members:
@@ -71,33 +73,35 @@ def _tar_members(path: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
 
             return read
 
-        yield [(PurePosixPath(m.name), reader(m)) for m in members if m.isfile()]
+        yield [(PurePosixPath(m.name), reader(m) if m.isfile() else None) for m in members]
 
 
 @contextmanager
-def _zip_members(path: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
+def _zip_members(path: Path) -> Iterator[list[Member]]:
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         for info in infos:
             _check_member_name(info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UnsafeArchiveError(f"refusing archive: member {info.filename!r} is a link")
-        yield [(PurePosixPath(i.filename), partial(archive.read, i)) for i in infos if not i.is_dir()]
+        yield [(PurePosixPath(i.filename), None if i.is_dir() else partial(archive.read, i)) for i in infos]
 
 
 @contextmanager
-def _dir_members(root: Path) -> Iterator[list[tuple[PurePosixPath, Reader]]]:
-    members = []
+def _dir_members(root: Path) -> Iterator[list[Member]]:
+    members: list[Member] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        members += [(PurePosixPath((Path(dirpath) / name).relative_to(root).as_posix()), None) for name in dirnames]
         for name in sorted(filenames):
             full = Path(dirpath) / name
             members.append((PurePosixPath(full.relative_to(root).as_posix()), full.read_bytes))
     yield members
 
 
-def open_members(path: Path) -> AbstractContextManager[list[tuple[PurePosixPath, Reader]]]:
-    """``(relative path, read)`` for every file of a directory or archive, after the archive safety checks."""
+def open_members(path: Path) -> AbstractContextManager[list[Member]]:
+    """``(relative path, read)`` for every file of a directory or archive, ``(path, None)`` for every folder, after
+    the archive safety checks."""
     if path.is_dir():
         return _dir_members(path)
     name = path.name.lower()
@@ -133,10 +137,14 @@ def write_folder(out: Path, source: str | Path) -> tuple[int, list[dict[str, str
     if not source.exists():
         raise UserError(f"data.path: {source} does not exist")
     with open_members(source) as listed:
-        members = [(p, read) for p, read in listed if not _is_ignored(p)]
+        entries = [(p, read) for p, read in listed if not _is_ignored(p)]
+        members = [(p, read) for p, read in entries if read is not None]
         depth, has_splits = _layout([p for p, _ in members])
         class_level = depth + (1 if has_splits else 0)
+        folders = {p.parts[class_level] for p, read in entries if read is None and len(p.parts) == class_level + 1}
+        folders |= {p.parts[class_level] for p, _ in members if len(p.parts) > class_level + 1}
         skipped: list[dict[str, str]] = []
+        used: set[str] = set()
         writer = BlobWriter(out)
         for path, read in tqdm(members, desc="reading images", unit="file", leave=False):
             rel = PurePosixPath(*path.parts[depth:])
@@ -151,6 +159,10 @@ def write_folder(out: Path, source: str | Path) -> tuple[int, list[dict[str, str
                 continue
             split = SPLIT_NAMES[path.parts[depth].lower()] if has_splits else ""
             writer.add(str(rel), path.parts[class_level], split, data)
+            used.add(path.parts[class_level])
+        for name in sorted(folders - used):  # a class with no usable image is left out, and said so
+            skipped.append({"path": f"{name}/", "reason": "class folder without a usable image: class left out"})
+            print(f"download: class folder {name!r} has no usable image; the class is left out", file=sys.stderr)
     writer.finish("folder", skipped)
     if not len(writer):
         raise EmptyDatasetError(
