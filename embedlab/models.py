@@ -283,5 +283,14 @@ def save_embedding_model(model: keras.Model, path: str | Path) -> None:
 
 
 def load_embedding_model(path: str | Path) -> keras.Model:
-    """Load a saved embedding model (the custom layers are registered by importing this module)."""
-    return keras.saving.load_model(path, compile=False)
+    """Load a saved embedding model (the custom layers are registered by importing this module); a missing or
+    unreadable file is one line naming the stage that makes it."""
+    path = Path(path)
+    stage = f"train@{path.name.removesuffix('.keras')}"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `dvc repro {stage}` (or `dvc pull {stage}`)")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        raise UserError(f"{path} is not a readable Keras model ({reason}); rerun `dvc repro -f {stage}`") from err

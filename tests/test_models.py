@@ -118,3 +118,13 @@ def test_smallnet_is_seeded() -> None:
     first, second = (build_models("smallnet", 32, num_classes=3).backbone.get_weights() for _ in range(2))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_missing_or_corrupt_model_file_is_one_line_naming_its_stage(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"models/vgg16\.keras is missing: run `dvc repro train@vgg16`"):
+        load_embedding_model(tmp_path / "models" / "vgg16.keras")
+    corrupt = tmp_path / "models" / "vgg16.keras"
+    corrupt.parent.mkdir()
+    corrupt.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UserError, match=r"vgg16\.keras is not a readable Keras model .*`dvc repro -f train@vgg16`$"):
+        load_embedding_model(corrupt)
