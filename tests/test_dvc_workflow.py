@@ -137,6 +137,18 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def test_faiss_flat_evaluation_end_to_end_equals_exact_search(pipeline: Path, tmp_path: Path) -> None:
+    repo = _copy(pipeline, tmp_path / "repo")
+    set_params(repo, evaluate__index="faiss", evaluate__faiss__type="flat")
+    dvc("repro", "evaluate", cwd=repo)
+    for exact_file in sorted((pipeline / "metrics" / "retrieval").glob("*.json")):
+        exact = json.loads(exact_file.read_text())
+        flat = json.loads((repo / "metrics" / "retrieval" / exact_file.name).read_text())
+        assert flat.keys() == exact.keys(), exact_file.name
+        for key, value in exact.items():
+            assert flat[key] == pytest.approx(value, abs=1e-6), (exact_file.name, key)
+
+
 def test_each_stage_declares_exactly_the_code_it_imports() -> None:
     """dvc.yaml's code deps of every stage are the transitive closure of its script's embedlab imports."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
