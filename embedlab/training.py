@@ -84,42 +84,38 @@ def _set_mixed_precision(setting: str) -> str:
     return policy
 
 
-def lr_at(step: float, peak: float, total_steps: int, schedule: str, warmup: float) -> float:
-    """The learning rate after ``step`` of a phase's ``total_steps`` (plain Python: the schedule's one definition).
+def lr_at(step, peak: float, total_steps: int, schedule: str, warmup: float):
+    """The learning rate after ``step`` of a phase's ``total_steps``: the schedules' one definition, for a Python
+    number or the optimizer's step counter (a tensor).
 
     ``triangular`` rises linearly from peak/10 to ``peak`` over the first ``warmup`` share of the steps, then falls
     linearly to 0 at the last step; ``cosine`` rises the same way, then follows a half cosine to 0. Ending at 0 is
     what lets a short from-scratch run settle into a minimum instead of bouncing around it.
     """
+    from keras import ops
+
     if schedule == "constant":
         return peak
+    if schedule not in ("triangular", "cosine"):
+        raise ValueError(f"unknown train.lr_schedule {schedule!r}")
+    step = ops.cast(step, "float32")
     rise = warmup * total_steps
-    if step < rise:
-        return peak * (0.1 + 0.9 * step / rise)
-    left = max(0.0, 1.0 - (step - rise) / max(total_steps - rise, 1.0))
-    if schedule == "triangular":
-        return peak * left
-    if schedule == "cosine":
-        return peak * 0.5 * (1.0 - math.cos(math.pi * left))
-    raise ValueError(f"unknown train.lr_schedule {schedule!r}")
+    warm = peak * (0.1 + 0.9 * step / max(rise, 1e-9))
+    left = ops.maximum(0.0, 1.0 - (step - rise) / max(total_steps - rise, 1.0))
+    fall = peak * left if schedule == "triangular" else peak * 0.5 * (1.0 - ops.cos(math.pi * left))
+    return ops.where(step < rise, warm, fall)
 
 
 def _schedule(train: TrainParams, peak: float, total_steps: int):
     """``lr_at`` as a Keras schedule, driven by the optimizer's step counter (restored with a checkpoint)."""
     import keras
-    from keras import ops
 
     if train.lr_schedule == "constant":
         return peak
 
     class PhaseSchedule(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):
-            step = ops.cast(step, "float32")
-            rise = train.lr_warmup * total_steps
-            warm = peak * (0.1 + 0.9 * step / max(rise, 1e-9))
-            left = ops.maximum(0.0, 1.0 - (step - rise) / max(total_steps - rise, 1.0))
-            fall = peak * left if train.lr_schedule == "triangular" else peak * 0.5 * (1.0 - ops.cos(math.pi * left))
-            return ops.where(step < rise, warm, fall)
+            return lr_at(step, peak, total_steps, train.lr_schedule, train.lr_warmup)
 
     return PhaseSchedule()
 
