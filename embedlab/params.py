@@ -60,6 +60,7 @@ class AugmentParams(_Section):
     contrast: NonNegativeFraction = 0.0
 
 
+NO_IMAGENET_WEIGHTS = {"smallnet"}  # built for training from scratch
 BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -240,6 +241,12 @@ class Params(_Section):
             )
         except ValidationError as err:
             raise ParamsError(_format_error(err, prefix=f"backbones.{name}")) from None
+        if name in NO_IMAGENET_WEIGHTS and model.weights == "imagenet":
+            where = "backbones.{name}.weights" if "weights" in overrides else "model.weights"
+            raise ParamsError(
+                f"params.yaml: {where.format(name=name)}: {name} has no ImageNet weights; use null (random init) "
+                "or a .weights.h5 path"
+            )
         return model, train
 
 

@@ -57,6 +57,10 @@ def test_constant_schedule_has_no_warmup_to_set() -> None:
         parse_params({"train": {"lr_schedule": "step"}})
     with pytest.raises(ParamsError, match=r"^params.yaml: model.logit_scale: Input should be greater than 0"):
         parse_params({"model": {"logit_scale": 0}})
+    with pytest.raises(ParamsError, match=r"^params.yaml: model.weights: smallnet has no ImageNet weights"):
+        parse_params({"model": {"weights": "imagenet"}, "backbones": {"smallnet": None}})
+    with pytest.raises(ParamsError, match=r"^params.yaml: backbones.smallnet.weights: smallnet has no ImageNet"):
+        parse_params({"backbones": {"smallnet": {"weights": "imagenet"}}})
     with pytest.raises(ParamsError, match=r"^params.yaml: embed.flip_average: Input should be a valid boolean"):
         parse_params({"embed": {"flip_average": "sometimes"}})
 
