@@ -1,0 +1,65 @@
+"""What test-time flip averaging (``embed.flip_average``) buys, per backbone, on a finished run's models.
+
+    python benchmarks/flip_average.py --run ../cifar-run --out benchmarks/results/flip_average_cifar10.json
+
+Embeds every prepared image and its left-right mirror once per backbone, then scores the plain embeddings and the
+averaged ones exactly as the evaluate stage does (test queries against the ``evaluate.gallery`` gallery, exact).
+Prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("."), help="a clone where `dvc repro` finished")
+    parser.add_argument("--backbones", nargs="+", help="default: every backbone of the run's params.yaml")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flip_average.json"))
+    args = parser.parse_args()
+
+    from embedlab.data.prepare import Prepared
+    from embedlab.embeddings import EmbeddingSet, embed_images, l2_normalize
+    from embedlab.evaluation import evaluate_model
+    from embedlab.models import load_embedding_model
+    from embedlab.params import load_params
+    from embedlab.runtime import cpu_description
+
+    params = load_params(args.run / "params.yaml")
+    evaluate = params.evaluate.model_copy(update={"index": "exact"})
+    data = Prepared.open(args.run / "data" / "prepared")
+    ids, splits = data.index["id"].to_numpy(), data.index["split"].to_numpy()
+    rows = []
+    for name in args.backbones or list(params.backbones):
+        model = load_embedding_model(args.run / "models" / f"{name}.keras")
+        started = time.perf_counter()
+        plain = embed_images(model, data.images, params.embed.batch_size, progress=False)
+        seconds = time.perf_counter() - started
+        mirrored = embed_images(model, np.ascontiguousarray(data.images[:, :, ::-1]), params.embed.batch_size, False)
+        row = {"model": name, "embed_seconds_per_pass": round(seconds, 1)}
+        for label, vectors in (("plain", plain), ("flip_average", l2_normalize(plain + mirrored))):
+            metrics, _ = evaluate_model(EmbeddingSet(vectors, ids, data.labels, splits, data.class_names), evaluate)
+            row[label] = {key: metrics[key] for key in ("map@5", "precision@1", "map@r", "knn_accuracy@5")}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(f"\nCPU: {cpu_description()}")
+    print("| model | mAP@5 plain | mAP@5 flip-averaged | gain | P@1 plain | P@1 flip-averaged | embed s/pass |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        plain, flip = row["plain"], row["flip_average"]
+        print(
+            f"| {row['model']} | {plain['map@5']:.4f} | {flip['map@5']:.4f} | {flip['map@5'] - plain['map@5']:+.4f} "
+            f"| {plain['precision@1']:.4f} | {flip['precision@1']:.4f} | {row['embed_seconds_per_pass']} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"cpu": cpu_description(), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
