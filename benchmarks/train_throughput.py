@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                          # the table in the README (~30 min on 2 cores)
     python benchmarks/train_throughput.py --backbones resnet50 --epochs 2 --no-stage   # a quick look
+    python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline
 
 For every backbone, on the same data (the digits train split, 32 px, as `dvc repro` prepares it, augmented as
 params.yaml says), batch size and image size:
@@ -197,8 +198,36 @@ def _label(row: dict) -> str:
     return f"plain fit oneDNN {onednn}, {'bf16' if row['bf16'] else 'fp32'}"
 
 
+def recorded_run_roofline(results_dir: Path) -> None:
+    """Each backbone's img/s in a recorded run (``embedlab results collect``) against this machine's roofline at
+    that run's image size and class count: for a run too long to repeat here per setting."""
+    import yaml
+
+    from embedlab.models import build_models
+    from embedlab.params import parse_params
+
+    params = parse_params(yaml.safe_load((results_dir / "params.yaml").read_text()))
+    gflops = matmul_gflops()
+    print(f"CPU: {json.dumps(cpu_description())}\nmatmul: {gflops:.0f} GFLOP/s (float32)\n")
+    print("| backbone | train images | batch | fit img/s | epoch img/s | GFLOP/img (train) | roofline img/s | % |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in params.backbones:
+        model_params, train_params = params.for_backbone(name)
+        metrics = json.loads((results_dir / "metrics" / "train" / f"{name}.json").read_text())
+        models = build_models(name, params.data.image_size, 10, embedding_dim=model_params.embedding_dim)
+        train_gflop = 3 * forward_flops(models.trainer) / 1e9
+        roof = gflops / train_gflop
+        print(
+            f"| {name} | {metrics['train_images']:,} | {train_params.batch_size} "
+            f"| {metrics['train_images_per_second']} | {metrics['epoch_images_per_second']} | {train_gflop:.3f} "
+            f"| {roof:.0f} | {100 * metrics['train_images_per_second'] / roof:.0f} % |"
+        )
+    print("\n(bfloat16 runs are measured against the float32 roofline.)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--roofline-of", type=Path, help="a results folder: its recorded img/s against the roofline")
     parser.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES))
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs (after one untimed warm-up epoch)")
     parser.add_argument("--prepared", default="data/prepared", help="`dvc repro preprocess` makes it")
@@ -207,6 +236,9 @@ def main() -> None:
     parser.add_argument("--worker", choices=("fit", "stage"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.roofline_of:
+        recorded_run_roofline(args.roofline_of)
+        return
     if args.worker:
         print(json.dumps(worker(args)))
         return
