@@ -91,7 +91,7 @@ CODE_CHANGES = [
     ("embedlab/checkpoints.py", ["train@mobilenetv2"]),
     ("embedlab/models.py", ["train@mobilenetv2", "embed@mobilenetv2"]),
     ("embedlab/stacking.py", ["stack"]),
-    ("embedlab/retrieval.py", ["evaluate"]),
+    ("embedlab/retrieval.py", ["stack", "evaluate"]),  # the select stacker scores with its mAP
     ("embedlab/evaluation.py", ["evaluate"]),
     ("embedlab/clustering.py", ["cluster", "projector"]),
     ("embedlab/projector.py", ["projector"]),
