@@ -409,7 +409,7 @@ class Trainer:
                     "train/accuracy": float(fit.history["logits_accuracy"][-1]),
                     "val/loss": float(evaluation["loss"]),
                     "val/accuracy": float(evaluation["logits_accuracy"]),
-                    "lr": float(models.trainer.optimizer.learning_rate),
+                    "lr": float(keras.ops.convert_to_numpy(models.trainer.optimizer.learning_rate)),
                 }
                 if not np.isfinite(row["val/loss"]):
                     raise UserError(

@@ -41,6 +41,8 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
             "knn_accuracy@5",
             "linear_probe_accuracy",
         } <= set(metrics)
+        counts = {key: metrics.pop(key) for key in ("queries", "gallery")}
+        assert counts == {"queries": 20, "gallery": 50}, counts  # every test image, the whole train split
         assert all(0 <= v <= 1 for v in metrics.values())
         assert (pipeline / "plots" / "retrieval" / "examples" / f"{model}_examples.png").stat().st_size > 1000
         confusion = json.loads((pipeline / "plots" / "retrieval" / "confusion" / f"{model}.json").read_text())
