@@ -216,3 +216,9 @@ def test_real_cifar10_jpeg_archive(tmp_path: Path) -> None:
     image = next(raw.images(np.array([0])))
     assert image.size == (32, 32) and image.mode == "RGB"
     assert os.path.getsize(tmp_path / "raw" / "images.bin") == raw.index["length"].sum()
+
+
+def test_a_missing_data_path_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^data\.path: .*/nowhere does not exist$"):
+        write_folder(tmp_path / "raw", tmp_path / "nowhere")
+    assert not (tmp_path / "raw").exists()
