@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 
-def train_and_score(run: Path, backbone: str, max_per_class: int | None, epochs: int) -> dict:
+def train_and_score(
+    run: Path, backbone: str, max_per_class: int | None, epochs: int, input_size: int | None = None
+) -> dict:
     from embedlab.data.prepare import Prepared
     from embedlab.embeddings import EmbeddingSet, embed_images
     from embedlab.evaluation import evaluate_model
@@ -28,6 +30,8 @@ def train_and_score(run: Path, backbone: str, max_per_class: int | None, epochs:
 
     params = load_params(run / "params.yaml")
     model_params, train_params = params.for_backbone(backbone)
+    if input_size:
+        model_params = model_params.model_copy(update={"input_size": input_size})
     train_params = train_params.model_copy(
         update={"max_per_class": max_per_class, "epochs": epochs, "checkpoint_interval": 1e9}
     )
