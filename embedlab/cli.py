@@ -1,7 +1,8 @@
-"""The ``embedlab`` command: query the pipeline's embeddings with any image.
+"""The ``embedlab`` command: query the pipeline's embeddings with any image, serve them, export them.
 
 embedlab search photo.jpg --model densenet121 --k 5 --out collage.png
 embedlab search a.png b.jpg --model resnet50 --json
+embedlab serve --port 8000                      # web page + JSON API over every model
 embedlab export --model stack --format parquet --out stack.parquet
 embedlab results table results/cifar10
 """
@@ -18,71 +19,29 @@ import numpy as np
 from embedlab.errors import UserError, run_main
 
 
-def _require(path: Path, target: str) -> Path:
-    if not path.exists():
-        raise UserError(
-            f"{path} is missing: run `dvc repro {target}` (or `dvc pull {target}` to fetch it from the remote)"
-        )
-    return path
-
-
-def embed_queries(images: np.ndarray, model_name: str, root: Path) -> np.ndarray:
-    """Query embeddings made the way ``embed`` made the gallery's (``embed.flip_average``); for ``stack``, every
-    base model and then the stacker."""
-    from embedlab.embeddings import STACK, embed_images
-    from embedlab.models import load_embedding_model
-    from embedlab.params import load_params
-    from embedlab.stacking import Stacker
-
-    flip_average = load_params(root / "params.yaml").embed.flip_average
-
-    def backbone(name: str) -> np.ndarray:
-        model = load_embedding_model(_require(root / f"models/{name}.keras", f"train@{name}"))
-        return embed_images(model, images, progress=False, flip_average=flip_average)
-
-    if model_name != STACK:
-        return backbone(model_name)
-    stacker = Stacker.load(_require(root / "models/stack.npz", STACK))
-    return stacker.transform([backbone(name) for name in stacker.backbones])
-
-
 def search_images(
     paths: list[str], model_name: str, k: int, metric: str, root: Path = Path(".")
 ) -> tuple[list[dict], np.ndarray, object]:
-    """Embed each query image with the model and rank every prepared image; return (results, query pixels, data)."""
+    """Embed each query image with the model and rank every embedded image; return (results, query pixels, data)."""
     from embedlab.data.prepare import Prepared
-    from embedlab.embeddings import EmbeddingSet, embedding_path, producing_stage
     from embedlab.images import fit_to_square, open_rgb
     from embedlab.params import load_params
-    from embedlab.retrieval import search
+    from embedlab.query import Gallery, QueryEmbedder, require_output
 
-    models = load_params(root / "params.yaml").model_names
-    if model_name not in models:
-        raise UserError(f"--model {model_name}: not a model of this pipeline; choose from {', '.join(models)}")
-    prepared_info = json.loads(_require(root / "data/prepared/info.json", "preprocess").read_text())
+    params = load_params(root / "params.yaml")
+    if model_name not in params.model_names:
+        raise UserError(
+            f"--model {model_name}: not a model of this pipeline; choose from {', '.join(params.model_names)}"
+        )
+    prepared_info = json.loads(require_output(root / "data/prepared/info.json", "preprocess").read_text())
     size, fit = prepared_info["image_size"], prepared_info["fit"]
     queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])  # fails before any model work
-    emb = EmbeddingSet.load(_require(embedding_path(model_name, root), producing_stage(model_name)))
-    vectors = embed_queries(queries, model_name, root)
-    indices, scores = search(vectors, emb.embeddings, k, metric)
-    results = []
-    for path, idx, sc in zip(paths, indices, scores, strict=True):
-        results.append(
-            {
-                "query": path,
-                "results": [
-                    {
-                        "rank": rank + 1,
-                        "score": round(float(s), 6),
-                        "label": int(emb.labels[i]),
-                        "class": str(emb.class_names[emb.labels[i]]),
-                        "id": str(emb.ids[i]),
-                        "split": str(emb.splits[i]),
-                    }
-                    for rank, (i, s) in enumerate(zip(idx, sc, strict=True))
-                ],
-            }
-        )
+    gallery = Gallery(model_name, root, "all", metric)
+    vectors = QueryEmbedder(root, [model_name], params.embed.flip_average).embed(queries, [model_name])[model_name]
+    results = [
+        {"query": path, "results": [hit.as_dict() for hit in hits]}
+        for path, hits in zip(paths, gallery.top_k(vectors, k), strict=True)
+    ]
     return results, queries, Prepared.open(root / "data/prepared")
 
 
@@ -128,6 +87,12 @@ def _search(args: argparse.Namespace) -> None:
         print(f"collage: {args.out}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from embedlab.serve import serve
+
+    serve(Path("."), args.models, args.host, args.port, args.index)
+
+
 def _export(args: argparse.Namespace) -> None:
     from embedlab.export import export_embeddings
 
@@ -145,7 +110,7 @@ def _results(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="embedlab", description="Query and export the pipeline's embeddings.")
+    parser = argparse.ArgumentParser(prog="embedlab", description="Query, serve and export the pipeline's embeddings.")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="top-k similar images for query images")
     search.add_argument("images", nargs="+", help="image files (any format and mode Pillow reads)")
@@ -155,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument("--out", help="write a collage PNG here")
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
     search.set_defaults(run=_search)
+    serve = commands.add_parser("serve", help="a web page and JSON API answering image queries with every model")
+    serve.add_argument("--models", nargs="+", help="models to load (default: every backbone and the stack)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port (the URL printed says which)")
+    serve.add_argument("--index", choices=["exact", "faiss"], help="search index (default: evaluate.index)")
+    serve.set_defaults(run=_serve)
     export = commands.add_parser("export", help="write a model's embeddings as one row per image")
     export.add_argument("--model", required=True, help="a backbone from params.yaml, or stack")
     export.add_argument("--format", choices=["csv", "tsv", "parquet"], default="csv")

@@ -192,6 +192,19 @@ class ProjectorParams(_Section):
     seed: Annotated[int, Field(ge=0)] = 42
 
 
+class ServeParams(_Section):
+    """``embedlab serve`` (no pipeline stage reads these, so changing them reruns nothing)."""
+
+    gallery: Literal["all", "train", "train+val"] = "all"  # the splits a query ranks (all: as ``embedlab search``)
+    k: Annotated[int, Field(ge=1, le=1000)] = 8  # results per model when a request does not say
+    max_k: Annotated[int, Field(ge=1, le=1000)] = 100
+    max_upload_mb: Annotated[float, Field(gt=0, le=1024)] = 10.0
+    max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # decoded size: refuses decompression bombs
+    max_pending: Annotated[int, Field(ge=1)] = 256  # queries inside the server at once; more get 429
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64  # uploads embedded together when they arrive together
+    thumbnail: Annotated[int, Field(ge=16, le=512)] = 96  # side of /api/thumbnails images, pixels
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     augment: AugmentParams = AugmentParams()
@@ -205,6 +218,7 @@ class Params(_Section):
     stack: StackParams = StackParams()
     cluster: ClusterParams = ClusterParams()
     projector: ProjectorParams = ProjectorParams()
+    serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")
     def _check_overrides(self) -> Params:

@@ -1,0 +1,165 @@
+"""Answering queries from the pipeline's outputs: embed query images exactly as the embed stage did, then rank a
+model's gallery. Shared by ``embedlab search`` (one process per call) and ``embedlab serve`` (loaded once).
+
+Query images go through each backbone in one compiled forward pass (a ``tf.function`` traced once for any batch
+size) rather than Keras' ``predict`` loop, whose per-call set-up costs tens of milliseconds: for a handful of
+images that set-up, not the network, would be the latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embedlab.embeddings import STACK, EmbeddingSet, embedding_path, l2_normalize, producing_stage
+from embedlab.errors import UserError
+from embedlab.params import FaissParams
+from embedlab.retrieval import FaissIndex, search
+
+QUERY_CHUNK = 256  # images per forward pass: bounds memory for long query lists
+
+
+def require_output(path: Path, target: str) -> Path:
+    """``path`` if it exists; otherwise one line naming the DVC stage that makes it."""
+    if not path.exists():
+        raise UserError(
+            f"{path} is missing: run `dvc repro {target}` (or `dvc pull {target}` to fetch it from the remote)"
+        )
+    return path
+
+
+class QueryEmbedder:
+    """The trained backbones a set of models needs (the stack needs all of its base backbones) and the stacker,
+    loaded once; embeds uint8 images of the prepared size the way ``embed`` did (``embed.flip_average``)."""
+
+    def __init__(self, root: Path, models: list[str], flip_average: bool) -> None:
+        import tensorflow as tf
+
+        from embedlab.models import load_embedding_model
+        from embedlab.stacking import Stacker
+
+        self.flip_average = flip_average
+        self.stacker = Stacker.load(require_output(root / "models/stack.npz", STACK)) if STACK in models else None
+        needed = [m for m in models if m != STACK] + (self.stacker.backbones if self.stacker else [])
+        self.forward = {}
+        for name in dict.fromkeys(needed):
+            model = load_embedding_model(require_output(root / f"models/{name}.keras", f"train@{name}"))
+            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
+            self.forward[name] = tf.function(lambda x, model=model: model(x, training=False), input_signature=[spec])
+
+    def backbone(self, name: str, images: np.ndarray) -> np.ndarray:
+        """One backbone's embeddings of ``images`` (uint8, ``(n, S, S, 3)``)."""
+        out = []
+        for start in range(0, len(images), QUERY_CHUNK):
+            batch = np.ascontiguousarray(images[start : start + QUERY_CHUNK])
+            if self.flip_average:  # the image and its mirror in one pass; the mean's direction, as embed does
+                both = self.forward[name](np.concatenate([batch, batch[:, :, ::-1]])).numpy()
+                out.append(l2_normalize(both[: len(batch)] + both[len(batch) :]))
+            else:
+                out.append(np.asarray(self.forward[name](batch), np.float32))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def embed(self, images: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
+        """Embeddings of ``images`` for each model; each backbone runs once even when the stack needs it too."""
+        backbones = [m for m in models if m != STACK] + (self.stacker.backbones if STACK in models else [])
+        vectors = {name: self.backbone(name, images) for name in dict.fromkeys(backbones)}
+        if STACK in models:
+            assert self.stacker is not None, "the stack was not loaded"
+            vectors[STACK] = self.stacker.transform([vectors[name] for name in self.stacker.backbones])
+        return {m: vectors[m] for m in models}
+
+
+GALLERIES = ("all", "train", "train+val")
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: str
+    label: int
+    class_name: str
+    split: str
+    score: float
+
+    def as_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "label": self.label,
+            "class": self.class_name,
+            "id": self.id,
+            "split": self.split,
+        }
+
+
+class Gallery:
+    """One model's searchable images: the chosen splits of its embeddings file, searched exactly or by faiss.
+
+    Any embedded image (whatever its split) can be a query by id; a query never finds itself.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        root: Path,
+        splits: str = "all",
+        metric: str = "cosine",
+        index: str = "exact",
+        faiss_params: FaissParams | None = None,
+    ) -> None:
+        emb = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)))
+        rows = np.arange(len(emb.ids)) if splits == "all" else np.flatnonzero(np.isin(emb.splits, splits.split("+")))
+        self.model, self.metric, self.splits = model, metric, splits
+        self.all = emb
+        self.row_of = {image_id: row for row, image_id in enumerate(emb.ids)}
+        self.vectors = np.ascontiguousarray(emb.embeddings[rows])
+        self.ids, self.labels, self.split_names = emb.ids[rows], emb.labels[rows], emb.splits[rows]
+        self.class_names = [str(name) for name in emb.class_names]
+        self.index_kind = index
+        self.index = FaissIndex(self.vectors, metric, faiss_params or FaissParams()) if index == "faiss" else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def vector_of(self, image_id: str) -> np.ndarray:
+        """The stored embedding of any embedded image; ``KeyError`` for an unknown id."""
+        return self.all.embeddings[self.row_of[image_id]]
+
+    def top_k(self, queries: np.ndarray, k: int, query_ids: list[str | None] | None = None) -> list[list[Hit]]:
+        """The top ``k`` per query, best first; a query given by id is left out of its own results."""
+        ids = None
+        if query_ids is not None and any(query_ids):
+            ids = np.asarray([q or "" for q in query_ids])  # "" (an uploaded image) matches no gallery id
+        indices, scores = search(
+            np.asarray(queries, np.float32),
+            self.vectors,
+            k,
+            self.metric,
+            query_ids=ids,
+            gallery_ids=None if ids is None else self.ids,
+            index=self.index,
+        )
+        return [self._hits(row, row_scores) for row, row_scores in zip(indices, scores, strict=True)]
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        hits = []
+        for i, score in zip(rows, scores, strict=True):
+            if np.isfinite(score):  # -inf marks the query itself
+                label = int(self.labels[i])
+                hits.append(
+                    Hit(
+                        len(hits) + 1,
+                        str(self.ids[i]),
+                        label,
+                        self.class_names[label],
+                        str(self.split_names[i]),
+                        float(score),
+                    )
+                )
+        return hits
