@@ -119,6 +119,56 @@ def test_killed_run_resumes_to_the_same_result(workdir: Path, reference: dict) -
     assert len(steps.strip().splitlines()) == 1 + 3  # the resumed log continues, no duplicated epochs
 
 
+WARMUP = {**TINY, "train": {**TINY["train"], "warmup_epochs": 1, "lr": 0.002}}
+
+
+def _kill_after_first_epoch(root: Path) -> int:
+    """Start a run, SIGKILL it as soon as its first checkpoint is committed; return the epochs it had finished."""
+    state = root / "models" / ".work" / "mobilenetv2" / "state.json"
+    process = _train(root, wait=False)
+    deadline = time.monotonic() + 300
+    while not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("training finished (or hung) before it could be interrupted")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return json.loads(state.read_text())["epoch"]
+
+
+def _epochs_trained(root: Path) -> list[tuple[str, int]]:
+    lines = (root / "train.log").read_text().splitlines()
+    logged = [line.split() for line in lines if " warmup epoch " in line or " finetune epoch " in line]
+    return [(words[3], int(words[5].rstrip(":"))) for words in logged]  # INFO logger: name phase epoch N:
+
+
+def test_resume_across_the_warmup_boundary_and_after_a_discarded_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint from other params is discarded (a full run follows); one made at the end of the frozen warm-up
+    resumes into the fine-tune phase; both end exactly where an uninterrupted run ends."""
+    root = tmp_path / "warmup"
+    write_digits(root / "data" / "raw")
+    prepare(root / "data" / "raw", root / "data" / "prepared", parse_params(WARMUP).data)
+    (root / "params.yaml").write_text(yaml.safe_dump(WARMUP))
+    reference = _train(root)
+    assert _epochs_trained(root) == [("warmup", 1), ("finetune", 2), ("finetune", 3)]
+
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY))  # other params: a checkpoint that must not be used
+    _kill_after_first_epoch(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(WARMUP))
+    after_discard = _train(root)
+    assert "discarding checkpoint" in (root / "train.log").read_text()
+    assert _epochs_trained(root) == [("warmup", 1), ("finetune", 2), ("finetune", 3)]
+    assert _quality(after_discard) == _quality(reference)
+
+    assert _kill_after_first_epoch(root) == 1  # the warm-up's only epoch: the resumed run starts a new phase
+    resumed = _train(root)
+    assert "resuming after epoch 1" in (root / "train.log").read_text()
+    assert _epochs_trained(root) == [("finetune", 2), ("finetune", 3)]
+    assert _quality(resumed) == _quality(reference)
+    rows = (root / "dvclive" / "mobilenetv2" / "plots" / "metrics" / "train" / "loss.tsv").read_text()
+    assert len(rows.strip().splitlines()) == 1 + 3
+
+
 def test_stage_output_has_no_tensorflow_startup_noise(workdir: Path, reference: dict) -> None:
     output = (workdir / "train.log").read_text()
     for noise in ("absl::InitializeLog", "port.cc", "cudart_stub", "cpu_feature_guard"):
