@@ -11,7 +11,7 @@ import yaml
 
 from embedlab.params import ParamsError, load_params, parse_params
 
-from .conftest import REPO
+from .conftest import REPO, copy_repo, dvc
 
 
 def test_repo_params_are_valid() -> None:
@@ -70,6 +70,26 @@ def test_stage_rejects_before_work(tmp_path: Path) -> None:
         "error: params.yaml: data.val_fraction: Input should be less than 1 (got 2)"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_params_that_are_not_yaml_stop_dvc_repro_before_any_stage(tmp_path: Path) -> None:
+    """DVC reads params.yaml itself (the backbones list drives `foreach`), so its own error comes first: it names
+    the file, the line and the column, and no stage runs."""
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "params.yaml").write_text("data:\n  source: [digits\n")
+    result = dvc("repro", cwd=repo, check=False)
+    assert result.returncode != 0
+    assert "params.yaml" in result.stderr and "line 2" in result.stderr, result.stderr
+    assert "Running stage" not in result.stdout
+    assert not (repo / "data" / "raw").exists()
+    one_line = subprocess.run(
+        [sys.executable, "-m", "embedlab.cli", "search", "x.png", "--model", "smallnet"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert one_line.returncode == 2 and len(one_line.stderr.strip().splitlines()) == 1
+    assert one_line.stderr.startswith("error: params.yaml: not valid YAML: "), one_line.stderr
 
 
 def test_backbone_overrides_apply_to_that_backbone_only() -> None:
