@@ -30,6 +30,13 @@ def missing_tool(reason: str) -> None:
     pytest.skip(reason)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the tiny pipeline run (a real `dvc repro`) is slow, so `-m "not slow"` stays quick."""
+    for item in items:
+        if "pipeline" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED = Path(os.environ.get("EMBEDLAB_SHARED", REPO.parent / "shared"))
 CIFAR_JPEG = SHARED / "data" / "cifar10-jpeg.tar.gz"
 

@@ -60,6 +60,7 @@ def test_sample_per_class_keeps_every_class() -> None:
     assert len(sample_per_class(labels, 10_000, seed=3)) == len(labels)
 
 
+@pytest.mark.slow
 def test_tsne_shape_and_determinism() -> None:
     vectors, _ = _blobs(per_class=25, spread=0.3)
     first, second = tsne_2d(vectors, 30, seed=7), tsne_2d(vectors, 30, seed=7)
