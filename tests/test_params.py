@@ -19,6 +19,13 @@ def test_repo_params_are_valid() -> None:
     assert params.data.source == "digits"
 
 
+def test_the_cifar10_recipe_is_valid() -> None:
+    """The preset users copy over params.yaml must keep passing validation as params evolve."""
+    recipe = load_params(REPO / "results" / "cifar10" / "params.yaml")
+    assert list(recipe.backbones)[0] == "smallnet" and recipe.evaluate.gallery == "train+val"
+    assert recipe.serve.gallery == "train+val" and recipe.embed.flip_average
+
+
 def test_dvc_exp_style_values_parse() -> None:
     """``dvc exp run -S`` writes plain YAML scalars; strings of numbers must not sneak through as numbers."""
     params = parse_params({"data": {"image_size": 48, "val_fraction": 0.2, "max_per_class": None}})
