@@ -22,7 +22,7 @@ def test_repo_params_are_valid() -> None:
 def test_the_cifar10_recipe_is_valid() -> None:
     """The preset users copy over params.yaml must keep passing validation as params evolve."""
     recipe = load_params(REPO / "results" / "cifar10" / "params.yaml")
-    assert list(recipe.backbones)[0] == "smallnet" and recipe.evaluate.gallery == "train+val"
+    assert next(iter(recipe.backbones)) == "smallnet" and recipe.evaluate.gallery == "train+val"
     assert recipe.serve.gallery == "train+val" and recipe.embed.flip_average
 
 
