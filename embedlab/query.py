@@ -43,11 +43,12 @@ class QueryEmbedder:
         self.flip_average = flip_average
         self.stacker = Stacker.load(require_output(root / "models/stack.npz", STACK)) if STACK in models else None
         needed = [m for m in models if m != STACK] + (self.stacker.backbones if self.stacker else [])
-        self.forward = {}
+        self.forward, self.width = {}, {}
         for name in dict.fromkeys(needed):
             model = load_embedding_model(require_output(root / f"models/{name}.keras", f"train@{name}"))
             spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
             self.forward[name] = tf.function(lambda x, model=model: model(x, training=False), input_signature=[spec])
+            self.width[name] = int(model.output_shape[-1])
 
     def backbone(self, name: str, images: np.ndarray) -> np.ndarray:
         """One backbone's embeddings of ``images`` (uint8, ``(n, S, S, 3)``)."""
@@ -62,12 +63,17 @@ class QueryEmbedder:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def embed(self, images: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
-        """Embeddings of ``images`` for each model; each backbone runs once even when the stack needs it too."""
-        backbones = [m for m in models if m != STACK] + (self.stacker.backbones if STACK in models else [])
+        """Embeddings of ``images`` for each model; each backbone runs once even when the stack needs it too, and
+        not at all when the stack gives it weight 0 and nothing else asks for it."""
+        backbones = [m for m in models if m != STACK] + (self.stacker.contributing if STACK in models else [])
         vectors = {name: self.backbone(name, images) for name in dict.fromkeys(backbones)}
         if STACK in models:
             assert self.stacker is not None, "the stack was not loaded"
-            vectors[STACK] = self.stacker.transform([vectors[name] for name in self.stacker.backbones])
+            blocks = [
+                vectors[name] if name in vectors else np.zeros((len(images), self.width[name]), np.float32)
+                for name in self.stacker.backbones
+            ]
+            vectors[STACK] = self.stacker.transform(blocks)
         return {m: vectors[m] for m in models}
 
 

@@ -33,7 +33,7 @@ from embedlab.embeddings import STACK, embedding_path
 from embedlab.errors import UserError
 from embedlab.images import ImageDecodeError, decode, fit_to_square
 from embedlab.params import ServeParams, load_params
-from embedlab.query import Gallery, QueryEmbedder, require_output
+from embedlab.query import Gallery, Hit, QueryEmbedder, require_output
 
 
 class RequestError(Exception):
@@ -155,7 +155,7 @@ class Engine:
             answer[model] = [self._hit(h) for h in hits]
         return answer
 
-    def _hit(self, hit) -> dict:
+    def _hit(self, hit: Hit) -> dict:
         quoted = quote(hit.id)
         return {**hit.as_dict(), "thumbnail": f"/api/thumbnails/{quoted}", "image": f"/api/images/{quoted}"}
 

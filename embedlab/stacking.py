@@ -45,6 +45,14 @@ class Stacker:
     backbones: list[str]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def contributing(self) -> list[str]:
+        """The backbones whose embeddings change the result: ``select`` and ``weighted`` may give a backbone weight 0,
+        and its block is then multiplied by 0, so a caller may pass zeros instead of running it."""
+        if self.method in ("weighted", "select"):
+            return [name for name, w in zip(self.backbones, self.arrays["weights"], strict=True) if w > 0]
+        return list(self.backbones)
+
     def transform(self, blocks: list[np.ndarray]) -> np.ndarray:
         """Combine the backbones' embeddings of the same images (one array per backbone, in order)."""
         if len(blocks) != len(self.backbones):

@@ -151,3 +151,24 @@ def _loo_map(similarity: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
         precision = [sum(hits[: r + 1]) / (r + 1) for r in range(k)]
         scores.append(sum(p for p, h in zip(precision, hits, strict=True) if h) / relevant if relevant else 0.0)
     return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("method", ["select", "weighted", "pca"])
+def test_only_contributing_backbones_change_the_stack(method: str) -> None:
+    """Queries skip the backbones the stack weighs 0 (serve, search): passing zeros for them must change nothing."""
+    rng = np.random.default_rng(0)
+    blocks = [l2_normalize(rng.normal(size=(6, 4))) for _ in range(3)]
+    if method == "pca":
+        stacker = Stacker("pca", ["a", "b", "c"], {"mean": np.zeros(12, np.float32), "projection": np.eye(12, 5)})
+    else:
+        stacker = Stacker(method, ["a", "b", "c"], {"weights": np.array([0.7, 0.0, 0.3], np.float32)})
+    assert stacker.contributing == (["a", "b", "c"] if method == "pca" else ["a", "c"])
+    zeroed = [
+        block if name in stacker.contributing else np.zeros_like(block)
+        for name, block in zip("abc", blocks, strict=True)
+    ]
+    np.testing.assert_allclose(stacker.transform(zeroed), stacker.transform(blocks), atol=1e-6)
+    if method == "pca":  # every block counts: zeroing one changes the result
+        assert not np.allclose(
+            stacker.transform([blocks[0], np.zeros_like(blocks[1]), blocks[2]]), stacker.transform(blocks)
+        )
