@@ -77,9 +77,6 @@ class QueryEmbedder:
         return {m: vectors[m] for m in models}
 
 
-GALLERIES = ("all", "train", "train+val")
-
-
 @dataclass
 class Hit:
     rank: int
