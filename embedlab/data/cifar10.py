@@ -19,7 +19,6 @@ from embedlab.errors import UserError
 
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"
 ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
-ARCHIVE_BYTES = 170_052_171
 FOLDER = "cifar-10-batches-bin"
 TRAIN_BATCHES = [f"{FOLDER}/data_batch_{i}.bin" for i in range(1, 6)]
 TEST_BATCH = f"{FOLDER}/test_batch.bin"
