@@ -162,3 +162,30 @@ def test_faiss_approximate_indexes_recall_and_metrics(kind: str) -> None:
     exact_report = evaluate_retrieval(queries, labels[2500:], gallery, labels[:2500], names, k=5)
     approx_report = evaluate_retrieval(queries, labels[2500:], gallery, labels[:2500], names, k=5, index=index)
     assert abs(approx_report.metrics["map@5"] - exact_report.metrics["map@5"]) < 0.02
+
+
+def test_map_at_r_and_r_precision_equal_a_brute_force_reference() -> None:
+    """Random galleries with uneven class sizes, chunked search, and one class absent from the gallery."""
+    rng = np.random.default_rng(5)
+    gallery = l2_normalize(rng.normal(size=(60, 8)))
+    gallery_labels = rng.choice(4, size=60, p=[0.5, 0.3, 0.2, 0.0])
+    queries = l2_normalize(rng.normal(size=(15, 8)))
+    query_labels = rng.integers(0, 4, size=15)
+    report = evaluate_retrieval(
+        queries, query_labels, gallery, gallery_labels, ["a", "b", "c", "d"], k=5, k_max=5, chunk_size=4
+    )
+    map_r, r_prec = [], []
+    for query, label in zip(queries, query_labels, strict=True):
+        relevant = gallery_labels[np.argsort(-(gallery @ query), kind="stable")] == label
+        r = int((gallery_labels == label).sum())
+        if r == 0:
+            map_r.append(0.0)
+            r_prec.append(0.0)
+            continue
+        hits = relevant[:r]
+        precision_at_i = np.cumsum(hits) / np.arange(1, r + 1)
+        map_r.append(float((precision_at_i * hits).sum() / r))
+        r_prec.append(float(hits.sum() / r))
+    assert report.metrics["map@r"] == pytest.approx(np.mean(map_r), abs=1e-6)
+    assert report.metrics["r_precision"] == pytest.approx(np.mean(r_prec), abs=1e-6)
+    assert 0 < report.metrics["map@r"] < report.metrics["r_precision"] < 1
