@@ -78,10 +78,16 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     return rows
 
 
-def _cell(value: object) -> str:
+SCORES = ("map@5", "precision@1", "map@r", "knn_accuracy@5", "linear_probe_accuracy", "test_accuracy")
+
+
+def _cell(key: str, value: object) -> str:
+    """Scores with four decimals, minutes with one, counts and rates as they are."""
     if value is None:
         return "–"
-    return f"{value:.4f}" if isinstance(value, float) and value <= 1 else str(value)
+    if key in SCORES:
+        return f"{value:.4f}"
+    return f"{value:.1f}" if key == "train_minutes" else str(value)
 
 
 def markdown_table(results_dir: str | Path) -> str:
@@ -93,10 +99,6 @@ def markdown_table(results_dir: str | Path) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table_rows(results_dir):
         cells = [f"**{row['model']}**" if row["model"] == STACK else str(row["model"])]
-        for key in list(row)[1:]:
-            value = row[key]
-            cells.append(
-                "–" if value is None else f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
-            )
+        cells += [_cell(key, value) for key, value in list(row.items())[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -24,6 +24,9 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     retrieval = json.loads((run / "metrics/retrieval/resnet50.json").read_text())
     retrieval["map@5"] = 0.123456
     (run / "metrics/retrieval/resnet50.json").write_text(json.dumps(retrieval))
+    train_metrics = json.loads((run / "metrics/train/resnet50.json").read_text())
+    train_metrics["wall_seconds"] = 48.0  # under a minute: still minutes with one decimal, not a score
+    (run / "metrics/train/resnet50.json").write_text(json.dumps(train_metrics))
 
     main(["results", "collect", str(run), str(tmp_path / "out"), "--seconds", "12.5"])
     out = tmp_path / "out"
@@ -37,6 +40,8 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     assert rows["densenet121"]["train_images"] == train["train_images"]
     printed = capsys.readouterr().out
     assert "| resnet50 | 0.1235 |" in printed and "| **stack** |" in printed
+    resnet_row = next(line for line in printed.splitlines() if line.startswith("| resnet50 |"))
+    assert resnet_row.split(" | ")[9] == "0.8", resnet_row  # the train-minutes column
 
 
 def test_collect_needs_a_finished_run(tmp_path: Path) -> None:
