@@ -19,8 +19,15 @@ from pathlib import Path
 
 
 def train_and_score(
-    run: Path, backbone: str, max_per_class: int | None, epochs: int, input_size: int | None = None
+    run: Path,
+    backbone: str,
+    max_per_class: int | None,
+    epochs: int,
+    input_size: int | None = None,
+    train_overrides: dict | None = None,
+    augment_overrides: dict | None = None,
 ) -> dict:
+    """Train ``backbone`` with the run's params (and these overrides), then score it like the evaluate stage."""
     from embedlab.data.prepare import Prepared
     from embedlab.embeddings import EmbeddingSet, embed_images
     from embedlab.evaluation import evaluate_model
@@ -32,13 +39,20 @@ def train_and_score(
     model_params, train_params = params.for_backbone(backbone)
     if input_size:
         model_params = model_params.model_copy(update={"input_size": input_size})
-    train_params = train_params.model_copy(
-        update={"max_per_class": max_per_class, "epochs": epochs, "checkpoint_interval": 1e9}
+    train_params = train_params.model_validate(
+        {
+            **train_params.model_dump(),
+            **(train_overrides or {}),
+            "max_per_class": max_per_class,
+            "epochs": epochs,
+            "checkpoint_interval": 1e9,
+        }
     )
+    augment = params.augment.model_validate({**params.augment.model_dump(), **(augment_overrides or {})})
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = Trainer(
-            backbone, model_params, train_params, params.augment, run / "data" / "prepared", Path(tmp) / "models",
+            backbone, model_params, train_params, augment, run / "data" / "prepared", Path(tmp) / "models",
             Path(tmp) / "live",
         ).run()  # fmt: skip
         seconds = time.perf_counter() - started
