@@ -18,15 +18,17 @@ from learning_curve import train_and_score
 
 from embedlab.runtime import cpu_description
 
-# (name, train overrides, augment overrides): each differs from the recipe in one choice.
-VARIANTS: list[tuple[str, dict, dict]] = [
-    ("recipe (baseline)", {}, {}),
-    ("no flip augmentation", {}, {"flip": "none"}),
-    ("no translation (shift 0)", {}, {"shift": 0.0}),
-    ("no label smoothing", {"label_smoothing": 0.0}, {}),
-    ("no weight decay", {"weight_decay": 0.0}, {}),
-    ("cosine instead of triangular lr", {"lr_schedule": "cosine"}, {}),
-    ("half the peak lr (0.4)", {"lr": 0.4}, {}),
+# (name, model overrides, train overrides, augment overrides): each differs from the recipe in one choice.
+VARIANTS: list[tuple[str, dict, dict, dict]] = [
+    ("recipe (baseline)", {}, {}, {}),
+    ("no flip augmentation", {}, {}, {"flip": "none"}),
+    ("no translation (shift 0)", {}, {}, {"shift": 0.0}),
+    ("no label smoothing", {}, {"label_smoothing": 0.0}, {}),
+    ("no weight decay", {}, {"weight_decay": 0.0}, {}),
+    ("cosine instead of triangular lr", {}, {"lr_schedule": "cosine"}, {}),
+    ("half the peak lr (0.4)", {}, {"lr": 0.4}, {}),
+    ("logit scale 4", {"logit_scale": 4.0}, {}, {}),
+    ("logit scale 16", {"logit_scale": 16.0}, {}, {}),
 ]
 
 
@@ -37,13 +39,16 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation_cifar10.json"))
+    parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
     args = parser.parse_args()
 
     cpu = cpu_description()
     report = {"cpu": cpu, "backbone": args.backbone, "per_class": args.per_class, "epochs": args.epochs, "rows": []}
-    for name, train, augment in VARIANTS:
-        row = train_and_score(args.run, args.backbone, args.per_class, args.epochs, None, train, augment)
-        report["rows"].append({"variant": name, "train": train, "augment": augment, **row})
+    for name, model, train, augment in VARIANTS:
+        if args.only and name not in args.only:
+            continue
+        row = train_and_score(args.run, args.backbone, args.per_class, args.epochs, None, train, augment, model)
+        report["rows"].append({"variant": name, "model": model, "train": train, "augment": augment, **row})
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report["rows"][-1]), flush=True)
     base = report["rows"][0]

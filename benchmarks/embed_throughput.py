@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.embeddings import embed_images
-from embedlab.models import build_models, load_embedding_model
+from embedlab.model_io import load_embedding_model
+from embedlab.models import build_models
 from embedlab.runtime import cpu_description
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     size = model.inputs[0].shape[1]
     images = np.random.default_rng(0).integers(0, 256, size=(args.images, size, size, 3), dtype=np.uint8)
 
-    embed_images(model, images[: args.batch_size], args.batch_size, progress=False)  # warm-up / trace
+    embed_images(model, images[: args.batch_size], batch_size=args.batch_size, progress=False)  # warm-up / trace
     model.predict(images[: args.batch_size], batch_size=args.batch_size, verbose=0)
     model.predict(images[:1], verbose=0)
 
@@ -50,7 +51,7 @@ def main() -> None:
     batched_predict = rate(len(images), time.perf_counter() - start)
 
     start = time.perf_counter()
-    embed_images(model, images, args.batch_size, progress=False)
+    embed_images(model, images, batch_size=args.batch_size, progress=False)
     ours = rate(len(images), time.perf_counter() - start)
 
     cpu = cpu_description()

@@ -27,7 +27,7 @@ def main() -> None:
     from embedlab.data.prepare import Prepared
     from embedlab.embeddings import EmbeddingSet, embed_images, l2_normalize
     from embedlab.evaluation import evaluate_model
-    from embedlab.models import load_embedding_model
+    from embedlab.model_io import load_embedding_model
     from embedlab.params import load_params
     from embedlab.runtime import cpu_description
 
@@ -39,9 +39,11 @@ def main() -> None:
     for name in args.backbones or list(params.backbones):
         model = load_embedding_model(args.run / "models" / f"{name}.keras")
         started = time.perf_counter()
-        plain = embed_images(model, data.images, params.embed.batch_size, progress=False)
+        plain = embed_images(model, data.images, batch_size=params.embed.batch_size, progress=False)
         seconds = time.perf_counter() - started
-        mirrored = embed_images(model, np.ascontiguousarray(data.images[:, :, ::-1]), params.embed.batch_size, False)
+        mirrored = embed_images(
+            model, np.ascontiguousarray(data.images[:, :, ::-1]), batch_size=params.embed.batch_size, progress=False
+        )
         row = {"model": name, "embed_seconds_per_pass": round(seconds, 1)}
         for label, vectors in (("plain", plain), ("flip_average", l2_normalize(plain + mirrored))):
             metrics, _ = evaluate_model(EmbeddingSet(vectors, ids, data.labels, splits, data.class_names), evaluate)

@@ -26,19 +26,22 @@ def train_and_score(
     input_size: int | None = None,
     train_overrides: dict | None = None,
     augment_overrides: dict | None = None,
+    model_overrides: dict | None = None,
 ) -> dict:
     """Train ``backbone`` with the run's params (and these overrides), then score it like the evaluate stage."""
+    import keras
+
     from embedlab.data.prepare import Prepared
     from embedlab.embeddings import EmbeddingSet, embed_images
     from embedlab.evaluation import evaluate_model
-    from embedlab.models import load_embedding_model
     from embedlab.params import load_params
     from embedlab.training import Trainer
 
     params = load_params(run / "params.yaml")
     model_params, train_params = params.for_backbone(backbone)
-    if input_size:
-        model_params = model_params.model_copy(update={"input_size": input_size})
+    model_params = model_params.model_validate(
+        {**model_params.model_dump(), **(model_overrides or {}), **({"input_size": input_size} if input_size else {})}
+    )
     train_params = train_params.model_validate(
         {
             **train_params.model_dump(),
@@ -52,13 +55,19 @@ def train_and_score(
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         result = Trainer(
-            backbone, model_params, train_params, augment, run / "data" / "prepared", Path(tmp) / "models",
-            Path(tmp) / "live",
+            backbone, model_params, train_params, augment, prepared_dir=run / "data" / "prepared",
+            work_dir=Path(tmp) / "work", live_dir=Path(tmp) / "live",
         ).run()  # fmt: skip
         seconds = time.perf_counter() - started
         data = Prepared.open(run / "data" / "prepared")
-        model = load_embedding_model(Path(tmp) / "models" / f"{backbone}.keras")
-        vectors = embed_images(model, data.images, params.embed.batch_size, False, params.embed.flip_average)
+        vectors = embed_images(
+            result.embedding,
+            data.images,
+            batch_size=params.embed.batch_size,
+            progress=False,
+            flip_average=params.embed.flip_average,
+        )
+        keras.backend.clear_session()  # the next point builds its models from a clean slate
     emb = EmbeddingSet(vectors, data.index["id"].to_numpy(), data.labels, data.index["split"].to_numpy(),
                        data.class_names)  # fmt: skip
     metrics, _ = evaluate_model(emb, params.evaluate.model_copy(update={"index": "exact"}))

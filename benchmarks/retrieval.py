@@ -36,12 +36,12 @@ def child(method: str, queries: int, gallery: int, dim: int, extra: dict) -> dic
     from sklearn.neighbors import NearestNeighbors
 
     from embedlab.params import FaissParams
-    from embedlab.retrieval import FaissIndex, search
+    from embedlab.search import ExactIndex, FaissIndex, search
 
     q, g = make_data(queries, dim, 1), make_data(gallery, dim, 2)
     start = time.perf_counter()
     if method == "embedlab_exact":
-        indices, _ = search(q, g, K)
+        indices, _ = search(q, ExactIndex(g), K)
     elif method == "sklearn_brute":
         nn = NearestNeighbors(n_neighbors=K, algorithm="brute", metric="cosine").fit(g)
         _, indices = nn.kneighbors(q)
@@ -57,7 +57,7 @@ def child(method: str, queries: int, gallery: int, dim: int, extra: dict) -> dic
             else:
                 index.index.nprobe = value
             began = time.perf_counter()
-            indices, _ = search(q, g, K, index=index)
+            indices, _ = search(q, index, K)
             rows.append({knob: value, "search_s": time.perf_counter() - began})
             np.save(f"{os.environ['BENCH_OUT']}.{value}.npy", indices)
         return {"build_s": built - start, "searches": rows}

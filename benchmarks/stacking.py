@@ -32,7 +32,7 @@ def main() -> None:
     run = Path(args.run)
     params = load_params(run / "params.yaml")
     evaluate = params.evaluate.model_copy(update={"index": "exact"})  # never an approximate index here
-    sets = load_sets(params.stacked_backbones, None, run)
+    sets = load_sets(params.stacked_backbones, None, root=run)
     rows = []
     for name, emb in sets.items():
         metrics, _ = evaluate_model(emb, evaluate)

@@ -99,10 +99,13 @@ def worker(args: argparse.Namespace) -> dict:
     """One setting in this process: plain fit, or the stage loop, for one backbone."""
 
     from embedlab.augment import build_augmentation
-    from embedlab.data.prepare import Prepared
+    from embedlab.devices import configure_determinism, set_mixed_precision
     from embedlab.models import build_models
+    from embedlab.optimization import compile_trainer, make_optimizer
     from embedlab.params import load_params
-    from embedlab.training import EPOCH_PARTS, Trainer, _set_mixed_precision, configure_determinism
+    from embedlab.stopwatch import EPOCH_PARTS
+    from embedlab.training import Trainer
+    from embedlab.training_data import TrainingData
 
     params = load_params(REPO / "params.yaml")
     model_params, train_params = (
@@ -125,7 +128,7 @@ def worker(args: argparse.Namespace) -> dict:
                 train_params,
                 params.augment,
                 prepared_dir=args.prepared,
-                models_dir=Path(tmp) / "models",
+                work_dir=Path(tmp) / "work",
                 live_dir=Path(tmp) / "live",
             )
             trainer.run()
@@ -142,23 +145,22 @@ def worker(args: argparse.Namespace) -> dict:
         return result
 
     configure_determinism(train_params.seed)
-    _set_mixed_precision(train_params.mixed_precision)
-    data = Prepared.open(args.prepared)
-    rows = data.split("train")
-    images, labels = np.asarray(data.images[rows]), data.labels[rows]
+    set_mixed_precision(train_params.mixed_precision)
+    data = TrainingData.load(Path(args.prepared), train_params)
+    images = data.arrays["train"][0]
     models = build_models(
         args.backbones[0],
         data.image_size,
-        len(data.class_names),
+        data.num_classes,
         embedding_dim=model_params.embedding_dim,
         dropout=train_params.dropout,
         input_size=model_params.input_size,
         bn_momentum=0.9,
     )
-    trainer = Trainer(args.backbones[0], model_params, train_params, params.augment)
-    trainer._compile(models, train_params.lr)
+    steps = (args.epochs + 1) * -(-len(images) // train_params.batch_size)
+    compile_trainer(models.trainer, train_params, make_optimizer(train_params, train_params.lr, steps))
     augment = build_augmentation(params.augment, seed=train_params.seed)
-    dataset = trainer._dataset(images, labels, len(data.class_names), np.arange(len(images)), augment)
+    dataset = data.train_dataset(np.arange(len(images)), augment)
     models.trainer.fit(dataset, epochs=1, verbose=0)  # trace + first epoch, not timed
     timer = _epoch_timer()
     models.trainer.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[timer])

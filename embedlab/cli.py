@@ -16,64 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlab.errors import UserError, run_main
+from embedlab.errors import run_main
 
 
-def search_images(
-    paths: list[str], model_name: str, k: int, metric: str, root: Path = Path(".")
-) -> tuple[list[dict], np.ndarray, object]:
-    """Embed each query image with the model and rank every embedded image; return (results, query pixels, data)."""
-    from embedlab.data.prepare import Prepared
-    from embedlab.images import fit_to_square, open_rgb
-    from embedlab.params import load_params
-    from embedlab.query import Gallery, QueryEmbedder, require_output
-
-    params = load_params(root / "params.yaml")
-    if model_name not in params.model_names:
-        raise UserError(
-            f"--model {model_name}: not a model of this pipeline; choose from {', '.join(params.model_names)}"
-        )
-    prepared_info = json.loads(require_output(root / "data/prepared/info.json", "preprocess").read_text())
-    size, fit = prepared_info["image_size"], prepared_info["fit"]
-    queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])  # fails before any model work
-    gallery = Gallery(model_name, root, "all", metric)
-    vectors = QueryEmbedder(root, [model_name], params.embed.flip_average).embed(queries, [model_name])[model_name]
-    results = [
-        {"query": path, "results": [hit.as_dict() for hit in hits]}
-        for path, hits in zip(paths, gallery.top_k(vectors, k), strict=True)
-    ]
-    return results, queries, Prepared.open(root / "data/prepared")
-
-
-def draw_collage(results: list[dict], queries: np.ndarray, prepared, out: str | Path) -> None:
+def search_collage(results: list[dict], queries: np.ndarray, prepared):
     """One row per query: the query, then its results with rank, score and class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from embedlab.collage import Tile, draw_collage
 
     position = {image_id: row for row, image_id in enumerate(prepared.index["id"])}
-    k = max(len(r["results"]) for r in results)
-    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.8 * (k + 1), 2.0 * len(results)), squeeze=False)
-    for r, (result, query) in enumerate(zip(results, queries, strict=True)):
-        axes[r][0].imshow(query)
-        axes[r][0].set_title(f"query\n{Path(result['query']).name}", fontsize=7, fontweight="bold")
-        for c, hit in enumerate(result["results"], start=1):
-            axes[r][c].imshow(prepared.images[position[hit["id"]]])
-            axes[r][c].set_title(f"#{hit['rank']} {hit['score']:.3f}\n{hit['class']}", fontsize=7)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    rows = [
+        [Tile(query, f"query\n{Path(result['query']).name}", bold=True)]
+        + [
+            Tile(prepared.images[position[hit["id"]]], f"#{hit['rank']} {hit['score']:.3f}\n{hit['class']}")
+            for hit in result["results"]
+        ]
+        for result, query in zip(results, queries, strict=True)
+    ]
+    return draw_collage(rows)
 
 
 def _search(args: argparse.Namespace) -> None:
-    results, queries, prepared = search_images(args.images, args.model, args.k, args.metric)
+    from embedlab.fsutil import save_figure
+    from embedlab.query import search_files
+
+    results, queries, prepared = search_files(args.images, args.model, args.k, metric=args.metric)
     if args.out:
-        draw_collage(results, queries, prepared, args.out)
+        save_figure(search_collage(results, queries, prepared), args.out)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
@@ -110,6 +78,7 @@ def _results(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``embedlab`` command line (see this module's docstring)."""
     parser = argparse.ArgumentParser(prog="embedlab", description="Query, serve and export the pipeline's embeddings.")
     commands = parser.add_subparsers(dest="command", required=True)
     search = commands.add_parser("search", help="top-k similar images for query images")

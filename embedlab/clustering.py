@@ -11,14 +11,14 @@ ten times as long; ``cluster.tsne.sample`` bounds it whatever the dataset size.
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from embedlab.embeddings import EmbeddingSet
 from embedlab.errors import UserError
-from embedlab.fsutil import write_json
 from embedlab.params import ClusterParams
+from embedlab.sampling import sample_per_class
 
 
 def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -29,13 +29,15 @@ def purity(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(total / len(labels))
 
 
-def kmeans(vectors: np.ndarray, k: int, n_init: int, seed: int) -> np.ndarray:
+def kmeans(vectors: np.ndarray, k: int, *, n_init: int, seed: int) -> np.ndarray:
+    """K-Means cluster ids (the best of ``n_init`` seeded restarts)."""
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(np.asarray(vectors, np.float64))
 
 
 def cluster_metrics(vectors: np.ndarray, labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
+    """NMI, ARI, purity and cosine silhouette of ``clusters`` against the true ``labels``."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
     silhouette = (
@@ -51,22 +53,8 @@ def cluster_metrics(vectors: np.ndarray, labels: np.ndarray, clusters: np.ndarra
     }
 
 
-def sample_per_class(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Up to ``size`` row indices, drawn as evenly across classes as their counts allow; sorted."""
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
-    chosen: list[int] = []
-    depth = 0
-    while len(chosen) < min(size, len(labels)):
-        for c in classes:
-            if depth < len(pools[c]) and len(chosen) < size:
-                chosen.append(int(pools[c][depth]))
-        depth += 1
-    return np.sort(np.asarray(chosen, np.int64))
-
-
 def tsne_2d(vectors: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+    """A seeded Barnes-Hut t-SNE map (cosine), the perplexity capped below what the point count allows."""
     from sklearn.manifold import TSNE
 
     perplexity = min(perplexity, max(1.0, (len(vectors) - 1) / 3))  # t-SNE needs perplexity < n
@@ -75,14 +63,13 @@ def tsne_2d(vectors: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
+    """The first two principal components: a linear, deterministic map to compare t-SNE's with."""
     centred = np.asarray(vectors, np.float64) - np.mean(vectors, axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return (centred @ vt[:2].T).astype(np.float32)
 
 
-def draw_map(
-    coords: np.ndarray, labels: np.ndarray, clusters: np.ndarray, class_names: list[str], title: str, out: Path
-) -> None:
+def draw_map(coords: np.ndarray, labels: np.ndarray, clusters: np.ndarray, class_names: list[str], title: str):
     """Two panels: points coloured by true class (with a legend of class names) and by K-Means cluster."""
     import matplotlib
 
@@ -106,60 +93,54 @@ def draw_map(
         ax.set_yticks([])
     fig.suptitle(title)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
+    return fig
 
 
-def run_clustering(
-    sets: dict[str, EmbeddingSet],
-    params: ClusterParams,
-    metrics_dir: str | Path = "metrics/cluster",
-    plots_dir: str | Path = "plots/cluster",
-) -> dict[str, dict[str, float]]:
-    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
-    methods = params.method.split("+")
-    test_images = len(next(iter(sets.values())).split("test"))
-    if params.k and params.k > test_images:
-        raise UserError(f"cluster.k: {params.k} clusters for {test_images} test images; use at most {test_images}")
-    results = {}
-    for name, emb in sets.items():
-        test = emb.split("test")
-        vectors, labels = np.asarray(emb.embeddings[test], np.float32), emb.labels[test]
-        k = params.k or len(emb.class_names)
-        clusters = kmeans(vectors, k, params.n_init, params.seed)
-        metrics = {key: round(value, 6) for key, value in cluster_metrics(vectors, labels, clusters).items()}
-        results[name] = metrics
-        write_json(metrics_dir / f"{name}.json", metrics)
-        sample = sample_per_class(labels, params.tsne.sample, params.tsne.seed)
-        class_names = [str(c) for c in emb.class_names]
-        for method in methods:
-            coords = (
-                tsne_2d(vectors[sample], params.tsne.perplexity, params.tsne.seed)
-                if method == "tsne"
-                else (pca_2d(vectors[sample]))
-            )
-            draw_map(
-                coords,
-                labels[sample],
-                clusters[sample],
-                class_names,
-                f"{name}: {method} of the test split",
-                plots_dir / f"{name}_{method}.png",
-            )
-            write_json(
-                plots_dir / method / f"{name}.json",
-                [
-                    {
-                        "x": round(float(x), 4),
-                        "y": round(float(y), 4),
-                        "class": class_names[c],
-                        "cluster": f"cluster {int(g)}",
-                        "id": str(i),
-                    }
-                    for (x, y), c, g, i in zip(
-                        coords, labels[sample], clusters[sample], emb.ids[test][sample], strict=True
-                    )
-                ],
-            )
-    return results
+@dataclass
+class ModelClusters:
+    """One model's clustering of the test split: metrics, and per map method the sampled points' coordinates."""
+
+    metrics: dict[str, float]
+    labels: np.ndarray  # test-split labels
+    clusters: np.ndarray  # K-Means cluster of each test image
+    ids: np.ndarray  # test-split image ids
+    sample: np.ndarray  # rows of the test split drawn for the maps
+    maps: dict[str, np.ndarray]  # method -> (len(sample), 2) coordinates
+
+
+def cluster_model(emb: EmbeddingSet, params: ClusterParams) -> ModelClusters:
+    """K-Means on the test split of one model's embeddings, its metrics, and the 2-D maps ``cluster.method`` names."""
+    test = emb.split("test")
+    if params.k and params.k > len(test):
+        raise UserError(f"cluster.k: {params.k} clusters for {len(test)} test images; use at most {len(test)}")
+    vectors, labels = np.asarray(emb.embeddings[test], np.float32), emb.labels[test]
+    clusters = kmeans(vectors, params.k or len(emb.class_names), n_init=params.n_init, seed=params.seed)
+    metrics = {key: round(value, 6) for key, value in cluster_metrics(vectors, labels, clusters).items()}
+    sample = sample_per_class(labels, params.tsne.sample, params.tsne.seed)
+    maps = {}
+    for method in params.method.split("+"):
+        match method:
+            case "tsne":
+                maps[method] = tsne_2d(vectors[sample], params.tsne.perplexity, params.tsne.seed)
+            case "pca":
+                maps[method] = pca_2d(vectors[sample])
+            case other:
+                raise ValueError(f"unknown cluster.method part {other!r}")
+    return ModelClusters(metrics, labels, clusters, emb.ids[test], sample, maps)
+
+
+def scatter_rows(result: ModelClusters, method: str, class_names: list[str]) -> list[dict]:
+    """``plots/cluster/<method>/<model>.json``: one point per sampled image, for ``dvc plots``."""
+    s = result.sample
+    points = zip(result.maps[method], result.labels[s], result.clusters[s], result.ids[s], strict=True)
+    return [
+        {"x": round(float(x), 4), "y": round(float(y), 4), "class": class_names[c], "cluster": f"cluster {int(g)}",
+         "id": str(i)}
+        for (x, y), c, g, i in points
+    ]  # fmt: skip
+
+
+def draw_model_map(result: ModelClusters, method: str, class_names: list[str], title: str):
+    """``plots/cluster/<model>_<method>.png``: the map coloured by true class and by K-Means cluster."""
+    s = result.sample
+    return draw_map(result.maps[method], result.labels[s], result.clusters[s], class_names, title)

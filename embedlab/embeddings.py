@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedlab.errors import UserError
-from embedlab.fsutil import atomic_file
+from embedlab.errors import require_output
+from embedlab.fsutil import write_npz
 
 if TYPE_CHECKING:
     from embedlab.data.prepare import Prepared
@@ -40,6 +40,8 @@ def producing_stage(model: str) -> str:
 
 @dataclass
 class EmbeddingSet:
+    """One model's embeddings of every image, with the image ids, labels and splits in the same row order."""
+
     embeddings: np.ndarray
     ids: np.ndarray
     labels: np.ndarray
@@ -47,21 +49,21 @@ class EmbeddingSet:
     class_names: np.ndarray
 
     def split(self, name: str) -> np.ndarray:
+        """Row indices of one split (train, val or test)."""
         return np.flatnonzero(self.splits == name)
 
     def save(self, path: str | Path) -> None:
-        arrays = {
-            "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32),
-            "ids": np.asarray(self.ids, dtype=str),
-            "labels": np.asarray(self.labels, dtype=np.int64),
-            "splits": np.asarray(self.splits, dtype=str),
-            "class_names": np.asarray(self.class_names, dtype=str),
-        }
-        with atomic_file(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-            for name, array in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with archive.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
+        """Write the file format of this module's docstring (reproducible bytes, see :func:`write_npz`)."""
+        write_npz(
+            path,
+            {
+                "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32),
+                "ids": np.asarray(self.ids, dtype=str),
+                "labels": np.asarray(self.labels, dtype=np.int64),
+                "splits": np.asarray(self.splits, dtype=str),
+                "class_names": np.asarray(self.class_names, dtype=str),
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> EmbeddingSet:
@@ -103,27 +105,25 @@ def raw_pixel_set(prepared: Prepared) -> EmbeddingSet:
     )
 
 
-def load_sets(models: list[str], prepared: Prepared | None, root: str | Path = ".") -> dict[str, EmbeddingSet]:
+def load_sets(models: list[str], prepared: Prepared | None, *, root: str | Path = ".") -> dict[str, EmbeddingSet]:
     """Each model's embeddings (a clear error naming the stage to run when one is missing), then ``raw_pixels``
     when ``prepared`` is given."""
     sets = {}
     for model in models:
-        path = embedding_path(model, root)
-        if not path.exists():
-            raise UserError(f"{path} is missing: run `dvc repro {producing_stage(model)}`")
-        sets[model] = EmbeddingSet.load(path)
+        sets[model] = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)))
     if prepared is not None:
         sets[RAW_PIXELS] = raw_pixel_set(prepared)
     return sets
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Unit-length float32 rows (an all-zero row stays zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def embed_images(
-    model, images: np.ndarray, batch_size: int = 256, progress: bool = True, flip_average: bool = False
+    model, images: np.ndarray, *, batch_size: int = 256, progress: bool = True, flip_average: bool = False
 ) -> np.ndarray:
     """Embed uint8 images (a memory map is fine) in batches; with ``flip_average`` (``embed.flip_average``), the
     normalised mean of the image's and its left-right mirror's embeddings.

@@ -5,10 +5,22 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
     """Something the user can fix (a param, a path, the network); the message says what and how."""
+
+
+def require_output(path: str | Path, stage: str) -> Path:
+    """``path``, or a :class:`UserError` naming the DVC stage that makes it: the one message every reader of a
+    pipeline output gives when the output is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"{path} is missing: run `dvc repro {stage}` (or `dvc pull {stage}` to fetch it from the remote)"
+        )
+    return path
 
 
 def run_main(main: Callable[[], object]) -> None:

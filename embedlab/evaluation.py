@@ -1,127 +1,94 @@
-"""The evaluate stage: retrieval metrics per model, DVC plot data and example collages.
+"""The evaluate stage's logic: retrieval metrics per model, the DVC plot data and the example collages.
 
 Models are the backbones of ``params.yaml``, ``stack``, and ``raw_pixels`` (the L2-normalised flattened prepared
-image), the baseline that shows what the CNNs add.
+image), the baseline that shows what the CNNs add. Queries are the test split; the gallery is ``evaluate.gallery``.
+Everything here returns data; ``stages/evaluate.py`` writes it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from embedlab.collage import Tile, draw_collage
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import EmbeddingSet, load_sets
-from embedlab.fsutil import write_json
+from embedlab.embeddings import EmbeddingSet
 from embedlab.params import EvaluateParams
-from embedlab.retrieval import FaissIndex, RetrievalReport, evaluate_retrieval, linear_probe_accuracy
+from embedlab.probe import linear_probe_accuracy
+from embedlab.retrieval_metrics import RetrievalReport, evaluate_retrieval
+from embedlab.search import build_index
 
 
-def gallery_rows(emb: EmbeddingSet, gallery: str) -> np.ndarray:
-    if gallery == "train+val":
-        return np.flatnonzero(np.isin(emb.splits, ["train", "val"]))
-    return emb.split("train")
+def gallery_rows(emb: EmbeddingSet, gallery: Literal["train", "train+val"]) -> np.ndarray:
+    """Rows of the gallery that ``evaluate.gallery`` names."""
+    match gallery:
+        case "train":
+            return emb.split("train")
+        case "train+val":
+            return np.flatnonzero(np.isin(emb.splits, ["train", "val"]))
+        case other:
+            raise ValueError(f"unknown evaluate.gallery {other!r}")
 
 
 def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str, float], RetrievalReport]:
+    """One model's metrics (rounded, as written to ``metrics/retrieval/<model>.json``) and its full report."""
     queries, gallery = emb.split("test"), gallery_rows(emb, params.gallery)
-    index = FaissIndex(emb.embeddings[gallery], params.metric, params.faiss) if params.index == "faiss" else None
+    index = build_index(
+        emb.embeddings[gallery], params.metric, kind=params.index, faiss=params.faiss, gallery_ids=emb.ids[gallery]
+    )
     report = evaluate_retrieval(
         emb.embeddings[queries],
         emb.labels[queries],
-        emb.embeddings[gallery],
+        index,
         emb.labels[gallery],
         list(emb.class_names),
         k=params.k,
         k_max=params.k_max,
-        metric=params.metric,
         query_ids=emb.ids[queries],
         gallery_ids=emb.ids[gallery],
-        index=index,
     )
     probe = linear_probe_accuracy(
-        emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], params.seed
+        emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], seed=params.seed
     )
     metrics = {**report.metrics, "linear_probe_accuracy": probe, "queries": len(queries), "gallery": len(gallery)}
     return {key: round(value, 6) for key, value in metrics.items()}, report
 
 
-def run_evaluation(
-    params: EvaluateParams,
-    models: list[str],
-    root: str | Path = ".",
-    metrics_dir: str | Path = "metrics/retrieval",
-    plots_dir: str | Path = "plots/retrieval",
-) -> dict[str, dict[str, float]]:
-    prepared = Prepared.open(Path(root) / "data" / "prepared")
-    sets = load_sets(models, prepared, root)
-    plots_dir, metrics_dir = Path(plots_dir), Path(metrics_dir)
-    curve_rows, class_rows, results = [], [], {}
-    for name, emb in sets.items():
-        metrics, report = evaluate_model(emb, params)
-        results[name] = metrics
-        write_json(metrics_dir / f"{name}.json", metrics)
-        curve_rows += [{"model": name, "k": i + 1, "map": round(v, 6)} for i, v in enumerate(report.map_at_k_curve)]
-        class_rows += [{"model": name, "class": c, "ap": round(v, 6)} for c, v in report.per_class_ap.items()]
-        queries = emb.split("test")
-        names = np.asarray(emb.class_names)
-        write_json(
-            plots_dir / "confusion" / f"{name}.json",
-            [
-                {"actual": str(a), "predicted": str(p)}
-                for a, p in zip(names[emb.labels[queries]], names[report.knn_predictions], strict=True)
-            ],
-        )
-        draw_examples(prepared, emb, report, params, plots_dir / "examples" / f"{name}_examples.png", name)
-    write_json(plots_dir / "map_at_k.json", curve_rows)
-    write_json(plots_dir / "per_class_ap.json", class_rows)
-    return results
+def map_at_k_rows(model: str, report: RetrievalReport) -> list[dict]:
+    """``plots/retrieval/map_at_k.json`` rows of one model: mAP@k for k = 1 … k_max."""
+    return [{"model": model, "k": i + 1, "map": round(v, 6)} for i, v in enumerate(report.map_at_k_curve)]
 
 
-def draw_examples(
-    prepared: Prepared,
-    emb: EmbeddingSet,
-    report: RetrievalReport,
-    params: EvaluateParams,
-    out: Path,
-    title: str,
-) -> None:
+def per_class_rows(model: str, report: RetrievalReport) -> list[dict]:
+    """``plots/retrieval/per_class_ap.json`` rows of one model: mAP@k per query class."""
+    return [{"model": model, "class": c, "ap": round(v, 6)} for c, v in report.per_class_ap.items()]
+
+
+def confusion_rows(emb: EmbeddingSet, report: RetrievalReport) -> list[dict]:
+    """``plots/retrieval/confusion/<model>.json``: each test query's class against its kNN vote."""
+    names = np.asarray(emb.class_names)
+    actual = names[emb.labels[emb.split("test")]]
+    return [{"actual": str(a), "predicted": str(p)} for a, p in zip(actual, names[report.knn_predictions], strict=True)]
+
+
+def draw_examples(prepared: Prepared, emb: EmbeddingSet, report: RetrievalReport, params: EvaluateParams, title: str):
     """A fixed, seeded set of queries, each with its top k and their scores; wrong results framed in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     queries, gallery = emb.split("test"), gallery_rows(emb, params.gallery)
-    picks = np.sort(
-        np.random.default_rng(params.seed).choice(len(queries), size=min(params.examples, len(queries)), replace=False)
-    )
+    count = min(params.examples, len(queries))
+    picks = np.sort(np.random.default_rng(params.seed).choice(len(queries), size=count, replace=False))
     position = {image_id: row for row, image_id in enumerate(prepared.index["id"])}
-    k = params.k
-    fig, axes = plt.subplots(len(picks), k + 1, figsize=(1.7 * (k + 1), 1.9 * len(picks)), squeeze=False)
-    for r, q in enumerate(picks):
-        query_row = queries[q]
-        cells = [(query_row, None, True)] + [
-            (gallery[g], float(s), emb.labels[gallery[g]] == emb.labels[query_row])
-            for g, s in zip(report.neighbours[q, :k], report.scores[q, :k], strict=True)
-        ]
-        for c, (row, score, correct) in enumerate(cells):
-            ax = axes[r][c]
-            ax.imshow(prepared.images[position[emb.ids[row]]], interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            label = emb.class_names[emb.labels[row]]
-            if score is None:
-                ax.set_title(f"query: {label}", fontsize=7, fontweight="bold")
-            else:
-                ax.set_title(
-                    f"{score:.3f} {label}" + ("" if correct else " ✗"), fontsize=7, color="black" if correct else "red"
-                )
-                for spine in ax.spines.values():
-                    spine.set_edgecolor("tab:green" if correct else "red")
-                    spine.set_linewidth(1 if correct else 3)
-    fig.suptitle(f"{title}: query → top {k} ({params.metric})", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+
+    def pixels(row: int) -> np.ndarray:
+        return prepared.images[position[emb.ids[row]]]
+
+    rows = []
+    for q in picks:
+        query = queries[q]
+        tiles = [Tile(pixels(query), f"query: {emb.class_names[emb.labels[query]]}", bold=True)]
+        for g, score in zip(report.neighbours[q, : params.k], report.scores[q, : params.k], strict=True):
+            correct = bool(emb.labels[gallery[g]] == emb.labels[query])
+            caption = f"{float(score):.3f} {emb.class_names[emb.labels[gallery[g]]]}" + ("" if correct else " ✗")
+            tiles.append(Tile(pixels(gallery[g]), caption, correct))
+        rows.append(tiles)
+    return draw_collage(rows, f"{title}: query → top {params.k} ({params.metric})", cell=(1.7, 1.9))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from embedlab.embeddings import EmbeddingSet, embedding_path, producing_stage
-from embedlab.errors import UserError
+from embedlab.errors import UserError, require_output
 from embedlab.fsutil import atomic_file
 
 FORMATS = ("csv", "tsv", "parquet")
@@ -41,10 +41,7 @@ def export_embeddings(
     """Write ``model``'s embeddings to ``out`` (default ``<model>.<fmt>``); return the path written."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    source = embedding_path(model, root)
-    if not source.exists():
-        raise UserError(f"{source} is missing: run `dvc repro {producing_stage(model)}` (or `dvc pull` it)")
-    emb = EmbeddingSet.load(source, mmap=True)
+    emb = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)), mmap=True)
     out = Path(out or f"{model}.{fmt}")
     if fmt == "parquet":
         import pyarrow as pa

@@ -62,3 +62,38 @@ def write_json(path: str | Path, data: Any) -> None:
     with atomic_file(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
+    """Write an uncompressed, pickle-free ``.npz`` atomically and reproducibly.
+
+    ``np.savez`` stamps every member with the current time, so the same arrays give different bytes and DVC
+    hashes; here every member carries a fixed timestamp. Members are stored uncompressed so that a reader can
+    memory-map them (:func:`embedlab.embeddings.EmbeddingSet.load`).
+    """
+    import zipfile
+
+    import numpy as np
+
+    with atomic_file(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+
+
+def write_tree(target: str | Path, files: dict[str, bytes]) -> None:
+    """Replace the directory ``target`` by one holding exactly ``files`` (relative name -> bytes), atomically."""
+    with atomic_dir(target) as tmp:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+
+
+def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure as a PNG atomically, then free it (figures hold memory until closed)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format="png")
+    plt.close(figure)

@@ -8,204 +8,55 @@ tracks exactly those keys (see ``dvc.yaml``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from embedlab.errors import UserError
+from embedlab.param_sections import (  # the sections, re-exported: callers import every params type from here
+    NO_IMAGENET_WEIGHTS,
+    AugmentParams,
+    BackboneName,
+    BackboneOverrides,
+    ClusterParams,
+    DataParams,
+    EmbedParams,
+    EvaluateParams,
+    FaissParams,
+    ModelParams,
+    ParamsError,
+    ProjectorParams,
+    ServeParams,
+    StackParams,
+    TrainParams,
+    TsneParams,
+    _Section,
+)
 
-Fraction = Annotated[float, Field(gt=0, lt=1)]
-# YAML 1.1 reads a bare on/off (as `dvc exp run -S key=on` writes it) as a boolean: take it as the word.
-AutoOnOff = Annotated[
-    Literal["auto", "on", "off"], BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v)
+__all__ = [
+    "AugmentParams",
+    "BackboneOverrides",
+    "ClusterParams",
+    "DataParams",
+    "EmbedParams",
+    "EvaluateParams",
+    "FaissParams",
+    "ModelParams",
+    "Params",
+    "ParamsError",
+    "ProjectorParams",
+    "ServeParams",
+    "StackParams",
+    "TrainParams",
+    "TsneParams",
+    "load_params",
+    "parse_params",
 ]
-NonNegativeFraction = Annotated[float, Field(ge=0, lt=1)]
-
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-
-
-class ParamsError(UserError):
-    """A params.yaml value is invalid; the message is one line that names the key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataParams(_Section):
-    source: Literal["digits", "cifar10", "folder"] = "digits"
-    url: str = CIFAR10_URL
-    path: str | None = None
-    image_size: Annotated[int, Field(ge=8, le=1024)] = 32
-    fit: Literal["crop", "pad", "stretch"] = "crop"
-    val_fraction: Fraction = 0.15
-    test_fraction: Fraction = 0.3
-    max_per_class: Annotated[int, Field(ge=2)] | None = None
-    seed: Annotated[int, Field(ge=0)] = 42
-
-    @model_validator(mode="after")
-    def _check(self) -> DataParams:
-        if self.source == "folder" and not self.path:
-            raise ValueError("path: required when data.source is folder (a directory or .tar/.tar.gz/.zip)")
-        return self
-
-
-class AugmentParams(_Section):
-    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
-    rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.0
-    zoom: NonNegativeFraction = 0.0
-    shift: NonNegativeFraction = 0.0
-    shear: NonNegativeFraction = 0.0
-    contrast: NonNegativeFraction = 0.0
-
-
-NO_IMAGENET_WEIGHTS = {"smallnet"}  # built for training from scratch
-BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(ge=1)]
-
-
-class ModelParams(_Section):
-    weights: str | None = None  # "imagenet", None (random init) or a path to a .weights.h5 file
-    embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
-    input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
-    logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0  # unit embedding x this before the classifier
-
-
-class TrainParams(_Section):
-    epochs: PositiveInt = 10
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
-    finetune_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: PositiveFloat = 1e-3
-    lr_schedule: Literal["constant", "triangular", "cosine"] = "constant"
-    lr_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of a phase's steps spent rising to train.lr
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    dropout: NonNegativeFraction = 0.2
-    batch_size: Annotated[int, Field(ge=2)] = 64
-    label_smoothing: NonNegativeFraction = 0.1
-    patience: PositiveInt = 5
-    max_per_class: Annotated[int, Field(ge=1)] | None = None  # training images per class; evaluation stays whole
-    bn_recalibration_batches: Annotated[int, Field(ge=0, le=1000)] = 4
-    checkpoint_interval: Annotated[float, Field(ge=0)] = 60.0
-    loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
-    triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
-    triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
-    triplet_weight: PositiveFloat = 1.0
-    strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
-    mixed_precision: AutoOnOff = "auto"
-    seed: Annotated[int, Field(ge=0)] = 42
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainParams:
-        if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs: must be < train.epochs ({self.epochs})")
-        if self.lr_warmup and self.lr_schedule == "constant":
-            raise ValueError("lr_warmup: needs train.lr_schedule triangular or cosine (the constant schedule has none)")
-        return self
-
-
-class BackboneOverrides(_Section):
-    """Per-backbone values that replace ``model.*`` / ``train.*`` for that backbone only."""
-
-    weights: str | None = None
-    embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = None
-    input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
-    logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None
-    epochs: PositiveInt | None = None
-    warmup_epochs: Annotated[int, Field(ge=0)] | None = None
-    unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None
-    finetune_factor: Annotated[float, Field(gt=0, le=1)] | None = None
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
-    lr: PositiveFloat | None = None
-    lr_schedule: Literal["constant", "triangular", "cosine"] | None = None
-    lr_warmup: Annotated[float, Field(ge=0, lt=1)] | None = None
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
-    label_smoothing: NonNegativeFraction | None = None
-    dropout: NonNegativeFraction | None = None
-    batch_size: Annotated[int, Field(ge=2)] | None = None
-    max_per_class: Annotated[int, Field(ge=1)] | None = None
-    mixed_precision: AutoOnOff | None = None
-
-
-class EmbedParams(_Section):
-    flip_average: bool = False  # embed an image and its mirror, average, normalise (queries in `search` too)
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
-
-
-class FaissParams(_Section):
-    """The approximate index used when ``evaluate.index`` is ``faiss``."""
-
-    type: Literal["flat", "hnsw", "ivf"] = "hnsw"
-    hnsw_m: Annotated[int, Field(ge=4, le=256)] = 32
-    ef_construction: Annotated[int, Field(ge=8)] = 200
-    ef_search: Annotated[int, Field(ge=8)] = 128
-    nlist: Annotated[int, Field(ge=1)] = 256
-    nprobe: Annotated[int, Field(ge=1)] = 16
-
-
-class EvaluateParams(_Section):
-    k: Annotated[int, Field(ge=1, le=1000)] = 5
-    k_max: Annotated[int, Field(ge=1, le=1000)] = 20
-    metric: Literal["cosine", "euclidean"] = "cosine"
-    gallery: Literal["train", "train+val"] = "train"
-    examples: Annotated[int, Field(ge=1, le=64)] = 8
-    index: Literal["exact", "faiss"] = "exact"
-    faiss: FaissParams = FaissParams()
-    seed: Annotated[int, Field(ge=0)] = 42
-
-
-class StackParams(_Section):
-    method: Literal["select", "concat", "pca", "weighted", "mlp"] = "select"
-    models: list[BackboneName] | None = None  # None: every backbone in ``backbones``
-    dim: Annotated[int, Field(ge=2, le=4096)] = 32
-    whiten_shrinkage: Annotated[float, Field(ge=0)] = 1.0
-    select_k: Annotated[int, Field(ge=1, le=1000)] = 5  # select: the validation mAP@k it maximises
-    hidden: Annotated[int, Field(ge=2, le=8192)] = 256
-    loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax+triplet"
-    triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
-    epochs: PositiveInt = 60
-    lr: PositiveFloat = 1e-3
-    batch_size: Annotated[int, Field(ge=2)] = 128
-    seed: Annotated[int, Field(ge=0)] = 42
-
-
-class TsneParams(_Section):
-    perplexity: Annotated[float, Field(ge=2, le=100)] = 30.0
-    sample: Annotated[int, Field(ge=10)] = 1000  # points, drawn evenly per class
-    seed: Annotated[int, Field(ge=0)] = 42
-
-
-class ClusterParams(_Section):
-    k: Annotated[int, Field(ge=2)] | None = None  # None: the number of classes
-    n_init: PositiveInt = 10
-    method: Literal["tsne", "pca", "tsne+pca"] = "tsne"
-    tsne: TsneParams = TsneParams()
-    seed: Annotated[int, Field(ge=0)] = 42
-
-
-class ProjectorParams(_Section):
-    max_points: Annotated[int, Field(ge=1, le=100_000)] = 2000  # TensorBoard's sprites struggle beyond ~10k
-    thumbnail: Annotated[int, Field(ge=8, le=128)] = 32  # sprite cell side in pixels
-    seed: Annotated[int, Field(ge=0)] = 42
-
-
-class ServeParams(_Section):
-    """``embedlab serve`` (no pipeline stage reads these, so changing them reruns nothing)."""
-
-    gallery: Literal["all", "train", "train+val"] = "all"  # the splits a query ranks (all: as ``embedlab search``)
-    k: Annotated[int, Field(ge=1, le=1000)] = 8  # results per model when a request does not say
-    max_k: Annotated[int, Field(ge=1, le=1000)] = 100
-    max_upload_mb: Annotated[float, Field(gt=0, le=1024)] = 10.0
-    max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # decoded size: refuses decompression bombs
-    max_pending: Annotated[int, Field(ge=1)] = 256  # queries inside the server at once; more get 429
-    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64  # uploads embedded together when they arrive together
-    thumbnail: Annotated[int, Field(ge=16, le=512)] = 96  # side of /api/thumbnails images, pixels
 
 
 class Params(_Section):
+    """The whole of ``params.yaml``."""
+
     data: DataParams = DataParams()
     augment: AugmentParams = AugmentParams()
     backbones: dict[BackboneName, BackboneOverrides | None] = Field(
@@ -265,6 +116,7 @@ class Params(_Section):
 
 
 def _format_error(err: ValidationError, prefix: str = "") -> str:
+    """The first validation error as one line: ``params.yaml: <dotted key>: <what it accepts> (got <value>)``."""
     first = err.errors()[0]
     loc = ".".join([prefix, *(str(part) for part in first["loc"])] if prefix else [str(p) for p in first["loc"]])
     msg = first["msg"]
@@ -285,6 +137,7 @@ def _format_error(err: ValidationError, prefix: str = "") -> str:
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys of the section that ``loc`` points into (for "unknown key" messages)."""
     if loc[0] == "backbones":
         return list(BackboneOverrides.model_fields)
     model: type[BaseModel] = Params

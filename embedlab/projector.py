@@ -10,17 +10,16 @@ past ~10k points with sprites, and a sprite larger than 8192×8192 pixels is not
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from embedlab.clustering import sample_per_class
 from embedlab.data.prepare import Prepared
 from embedlab.embeddings import EmbeddingSet
-from embedlab.fsutil import atomic_dir
 from embedlab.params import ProjectorParams
+from embedlab.sampling import sample_per_class
 
 MAX_SPRITE_SIDE = 8192
 
@@ -47,29 +46,34 @@ def sprite(images: np.ndarray, thumb: int) -> Image.Image:
     return grid
 
 
-def write_event_file(path: Path) -> None:
+def event_file() -> bytes:
     """A minimal TensorBoard event file (just the format version), so the directory counts as a run."""
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    with open(path, "wb") as handle:
-        RecordWriter(handle).write(Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
+    buffer = io.BytesIO()
+    RecordWriter(buffer).write(Event(wall_time=0.0, file_version="brain.Event:2").SerializeToString())
+    return buffer.getvalue()
 
 
-def export_projector(emb: EmbeddingSet, prepared: Prepared, name: str, params: ProjectorParams, out: Path) -> int:
-    """Write one model's projector run into ``out``; return the number of points."""
+def projector_run(emb: EmbeddingSet, prepared: Prepared, name: str, params: ProjectorParams) -> dict[str, bytes]:
+    """One model's projector run: file name -> bytes (``stages/projector.py`` writes them as one directory)."""
     max_points = min(params.max_points, (MAX_SPRITE_SIDE // params.thumbnail) ** 2)
     rows = sample_per_class(emb.labels, max_points, params.seed)
     position = {image_id: row for row, image_id in enumerate(prepared.index["id"])}
     images = np.stack([prepared.images[position[image_id]] for image_id in emb.ids[rows]])
     names = np.asarray(emb.class_names)
-    with atomic_dir(out) as tmp:
-        np.savetxt(tmp / "tensors.tsv", np.asarray(emb.embeddings[rows], np.float32), delimiter="\t", fmt="%.6g")
-        lines = ["label\tclass\tsplit\tid"] + [
-            f"{emb.labels[r]}\t{names[emb.labels[r]]}\t{emb.splits[r]}\t{emb.ids[r]}" for r in rows
-        ]
-        (tmp / "metadata.tsv").write_text("\n".join(lines) + "\n")
-        sprite(images, params.thumbnail).save(tmp / "sprite.png")
-        (tmp / "projector_config.pbtxt").write_text(CONFIG.format(name=name, thumb=params.thumbnail))
-        write_event_file(tmp / "events.out.tfevents.0.embedlab")
-    return len(rows)
+    tensors = io.BytesIO()
+    np.savetxt(tensors, np.asarray(emb.embeddings[rows], np.float32), delimiter="\t", fmt="%.6g")
+    metadata = ["label\tclass\tsplit\tid"] + [
+        f"{emb.labels[r]}\t{names[emb.labels[r]]}\t{emb.splits[r]}\t{emb.ids[r]}" for r in rows
+    ]
+    sprite_png = io.BytesIO()
+    sprite(images, params.thumbnail).save(sprite_png, format="PNG")
+    return {
+        "tensors.tsv": tensors.getvalue(),
+        "metadata.tsv": ("\n".join(metadata) + "\n").encode(),
+        "sprite.png": sprite_png.getvalue(),
+        "projector_config.pbtxt": CONFIG.format(name=name, thumb=params.thumbnail).encode(),
+        "events.out.tfevents.0.embedlab": event_file(),
+    }

@@ -14,20 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.embeddings import STACK, EmbeddingSet, embedding_path, l2_normalize, producing_stage
-from embedlab.errors import UserError
+from embedlab.errors import UserError, require_output
 from embedlab.params import FaissParams
-from embedlab.retrieval import FaissIndex, search
+from embedlab.search import build_index, search
 
 QUERY_CHUNK = 256  # images per forward pass: bounds memory for long query lists
-
-
-def require_output(path: Path, target: str) -> Path:
-    """``path`` if it exists; otherwise one line naming the DVC stage that makes it."""
-    if not path.exists():
-        raise UserError(
-            f"{path} is missing: run `dvc repro {target}` (or `dvc pull {target}` to fetch it from the remote)"
-        )
-    return path
 
 
 class QueryEmbedder:
@@ -37,7 +28,7 @@ class QueryEmbedder:
     def __init__(self, root: Path, models: list[str], flip_average: bool) -> None:
         import tensorflow as tf
 
-        from embedlab.models import load_embedding_model
+        from embedlab.model_io import load_embedding_model
         from embedlab.stacking import Stacker
 
         self.flip_average = flip_average
@@ -79,6 +70,8 @@ class QueryEmbedder:
 
 @dataclass
 class Hit:
+    """One result: its rank (from 1), the gallery image and the score."""
+
     rank: int
     id: str
     label: int
@@ -87,6 +80,7 @@ class Hit:
     score: float
 
     def as_dict(self) -> dict:
+        """The JSON form that ``embedlab search --json`` prints and the server answers."""
         return {
             "rank": self.rank,
             "score": round(self.score, 6),
@@ -121,13 +115,14 @@ class Gallery:
         self.ids, self.labels, self.split_names = emb.ids[rows], emb.labels[rows], emb.splits[rows]
         self.class_names = [str(name) for name in emb.class_names]
         self.index_kind = index
-        self.index = FaissIndex(self.vectors, metric, faiss_params or FaissParams()) if index == "faiss" else None
+        self.index = build_index(self.vectors, metric, kind=index, faiss=faiss_params, gallery_ids=self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def dim(self) -> int:
+        """The embedding width."""
         return int(self.vectors.shape[1])
 
     def vector_of(self, image_id: str) -> np.ndarray:
@@ -139,15 +134,7 @@ class Gallery:
         ids = None
         if query_ids is not None and any(query_ids):
             ids = np.asarray([q or "" for q in query_ids])  # "" (an uploaded image) matches no gallery id
-        indices, scores = search(
-            np.asarray(queries, np.float32),
-            self.vectors,
-            k,
-            self.metric,
-            query_ids=ids,
-            gallery_ids=None if ids is None else self.ids,
-            index=self.index,
-        )
+        indices, scores = search(np.asarray(queries, np.float32), self.index, k, query_ids=ids)
         return [self._hits(row, row_scores) for row, row_scores in zip(indices, scores, strict=True)]
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
@@ -166,3 +153,30 @@ class Gallery:
                     )
                 )
         return hits
+
+
+def search_files(paths: list[str], model: str, k: int, *, metric: str = "cosine", root: Path = Path(".")):
+    """``embedlab search``: embed each image file with ``model`` and rank every embedded image.
+
+    Returns the results (one ``{"query", "results"}`` dict per file), the queries' pixels at the prepared size, and
+    the prepared images (for a collage). Unreadable files fail before any model is loaded.
+    """
+    import json
+
+    from embedlab.data.prepare import Prepared
+    from embedlab.images import fit_to_square, open_rgb
+    from embedlab.params import load_params
+
+    params = load_params(root / "params.yaml")
+    if model not in params.model_names:
+        raise UserError(f"--model {model}: not a model of this pipeline; choose from {', '.join(params.model_names)}")
+    prepared_info = json.loads(require_output(root / "data/prepared/info.json", "preprocess").read_text())
+    size, fit = prepared_info["image_size"], prepared_info["fit"]
+    queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])
+    gallery = Gallery(model, root, "all", metric)
+    vectors = QueryEmbedder(root, [model], params.embed.flip_average).embed(queries, [model])[model]
+    results = [
+        {"query": path, "results": [hit.as_dict() for hit in hits]}
+        for path, hits in zip(paths, gallery.top_k(vectors, k), strict=True)
+    ]
+    return results, queries, Prepared.open(root / "data/prepared")

@@ -47,3 +47,18 @@ def class_balanced_subset(labels: np.ndarray, per_class: int | None, seed: int) 
     rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def sample_per_class(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` row indices, drawn as evenly across classes as their counts allow; sorted."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    pools = {c: rng.permutation(np.flatnonzero(labels == c)) for c in classes}
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(size, len(labels)):
+        for c in classes:
+            if depth < len(pools[c]) and len(chosen) < size:
+                chosen.append(int(pools[c][depth]))
+        depth += 1
+    return np.sort(np.asarray(chosen, np.int64))

@@ -27,21 +27,27 @@ is how ``embedlab search --model stack`` embeds a query: each base model, then t
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from embedlab.embeddings import EmbeddingSet, l2_normalize
 from embedlab.errors import UserError
-from embedlab.fsutil import atomic_file
+from embedlab.fsutil import write_npz
 from embedlab.params import StackParams
+from embedlab.probe import linear_probe_accuracy
+from embedlab.retrieval_metrics import average_precision_at_k
+
+Method = Literal["select", "concat", "pca", "weighted", "mlp"]
 
 
 @dataclass
 class Stacker:
-    method: str
+    """A fitted stacker: the method, the backbones in order, and the arrays that apply it to new embeddings."""
+
+    method: Method
     backbones: list[str]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -58,35 +64,35 @@ class Stacker:
         if len(blocks) != len(self.backbones):
             raise ValueError(f"expected {len(self.backbones)} embedding blocks, got {len(blocks)}")
         x = np.concatenate([np.asarray(b, np.float32) for b in blocks], axis=1)
-        if self.method == "concat":
-            return l2_normalize(x)
-        if self.method in ("weighted", "select"):
-            scale = np.concatenate(
-                [
-                    np.full(b.shape[1], np.sqrt(w), np.float32)
-                    for b, w in zip(blocks, self.arrays["weights"], strict=True)
-                ]
-            )
-            return l2_normalize(x * scale)
-        if self.method == "pca":
-            return l2_normalize((x - self.arrays["mean"]) @ self.arrays["projection"])
-        hidden = np.maximum(x @ self.arrays["w1"] + self.arrays["b1"], 0)
-        return l2_normalize(hidden @ self.arrays["w2"] + self.arrays["b2"])
+        match self.method:
+            case "concat":
+                return l2_normalize(x)
+            case "weighted" | "select":
+                widths_and_weights = zip(blocks, self.arrays["weights"], strict=True)
+                scale = np.concatenate([np.full(b.shape[1], np.sqrt(w), np.float32) for b, w in widths_and_weights])
+                return l2_normalize(x * scale)
+            case "pca":
+                return l2_normalize((x - self.arrays["mean"]) @ self.arrays["projection"])
+            case "mlp":
+                hidden = np.maximum(x @ self.arrays["w1"] + self.arrays["b1"], 0)
+                return l2_normalize(hidden @ self.arrays["w2"] + self.arrays["b2"])
+            case other:
+                raise ValueError(f"unknown stack method {other!r}")
 
     def save(self, path: str | Path) -> None:
-        arrays = {
-            "method": np.asarray(self.method),
-            "backbones": np.asarray(self.backbones, dtype=str),
-            **{f"param_{k}": np.asarray(v, np.float32) for k, v in self.arrays.items()},
-        }
-        with atomic_file(path, "wb") as handle, zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
-            for name, array in arrays.items():
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                with archive.open(info, "w") as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
+        """``models/stack.npz``: the method, the backbone names and the fitted arrays (no pickle)."""
+        write_npz(
+            path,
+            {
+                "method": np.asarray(self.method),
+                "backbones": np.asarray(self.backbones, dtype=str),
+                **{f"param_{k}": np.asarray(v, np.float32) for k, v in self.arrays.items()},
+            },
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Stacker:
+        """Read ``models/stack.npz``."""
         with np.load(path, allow_pickle=False) as data:
             arrays = {k.removeprefix("param_"): data[k] for k in data.files if k.startswith("param_")}
             return cls(str(data["method"]), [str(b) for b in data["backbones"]], arrays)
@@ -104,24 +110,31 @@ def check_aligned(sets: dict[str, EmbeddingSet]) -> EmbeddingSet:
 
 
 def fit_stacker(
-    method: str,
     backbones: list[str],
     blocks: list[np.ndarray],
+    *,
     labels: np.ndarray,
     splits: np.ndarray,
     params: StackParams,
     num_classes: int,
 ) -> tuple[Stacker, dict[str, float]]:
-    """Fit on validation rows only (asserted): ``blocks``/``labels``/``splits`` must already be the val subset."""
+    """Fit ``stack.method`` on validation rows only (asserted): ``blocks``/``labels``/``splits`` must already be
+    the val subset. Returns the stacker and what the fit reports (weights, explained variance, final loss)."""
     if not np.all(splits == "val"):
         raise AssertionError("the stacker may only be fitted on validation-split embeddings")
-    if method == "concat":
-        return Stacker(method, backbones), {}
-    if method == "pca":
-        return _fit_pca(backbones, blocks, params)
-    if method == "select":
-        return _fit_select(backbones, blocks, labels, params)
-    return _fit_network(method, backbones, blocks, labels, params, num_classes)
+    match params.method:
+        case "concat":
+            return Stacker("concat", backbones), {}
+        case "pca":
+            return _fit_pca(backbones, blocks, params)
+        case "select":
+            return _fit_select(backbones, blocks, labels, params)
+        case "weighted" | "mlp":
+            from embedlab.stack_network import fit_network
+
+            return fit_network(backbones, blocks, labels=labels, params=params, num_classes=num_classes)
+        case other:
+            raise ValueError(f"unknown stack.method {other!r}")
 
 
 def _fit_pca(backbones: list[str], blocks: list[np.ndarray], params: StackParams) -> tuple[Stacker, dict[str, float]]:
@@ -144,8 +157,6 @@ SELECT_MAX_PASSES = 10
 
 def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, labels: np.ndarray, k: int) -> float:
     """mAP@k of ``query_rows`` (rows of ``similarity``) against every validation image but the query itself."""
-    from embedlab.retrieval import average_precision_at_k
-
     sims = similarity.copy()
     sims[np.arange(len(query_rows)), query_rows] = -np.inf
     k = min(k, sims.shape[1] - 1)
@@ -192,78 +203,10 @@ def _fit_select(
     return Stacker("select", backbones, {"weights": weights}), metrics
 
 
-def _fit_network(
-    method: str,
-    backbones: list[str],
-    blocks: list[np.ndarray],
-    labels: np.ndarray,
-    params: StackParams,
-    num_classes: int,
-) -> tuple[Stacker, dict[str, float]]:
-    import keras
-    import tensorflow as tf
-    from keras import layers, ops
-
-    from embedlab.losses import TripletLoss
-
-    keras.utils.set_random_seed(params.seed)
-    tf.config.experimental.enable_op_determinism()
-    widths = [b.shape[1] for b in blocks]
-    x = np.concatenate(blocks, axis=1).astype(np.float32)
-    inputs = keras.Input((x.shape[1],), name="stacked")
-    if method == "weighted":
-        weighting = _block_weights_layer()(widths, name="block_weights")
-        embedding = layers.UnitNormalization(name="embedding")(weighting(inputs))
-    else:
-        hidden = layers.Dense(params.hidden, activation="relu", name="hidden")(inputs)
-        embedding = layers.UnitNormalization(name="embedding")(layers.Dense(params.dim, name="projection")(hidden))
-    outputs, losses = {}, {}
-    if params.loss in ("softmax", "softmax+triplet"):
-        # A linear classifier on the unit embedding, scaled by 16 so softmax can saturate (a normalised-softmax head).
-        scaled = layers.Lambda(lambda e: e * 16.0, name="scale")(embedding)
-        outputs["logits"] = layers.Dense(num_classes, use_bias=False, name="logits")(scaled)
-        losses["logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if params.loss in ("triplet", "softmax+triplet"):
-        outputs["embedding"] = layers.Identity(name="triplet")(embedding)
-        losses["embedding"] = TripletLoss("batch_hard", params.triplet_margin)
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(params.lr), loss=losses)
-    targets = {name: labels for name in outputs}
-    history = model.fit(x, targets, batch_size=params.batch_size, epochs=params.epochs, shuffle=True, verbose=0)
-    metrics = {"final_loss": round(float(history.history["loss"][-1]), 6)}
-    if method == "weighted":
-        weights = np.asarray(ops.softmax(weighting.logits)).astype(np.float32)
-        metrics.update({f"weight_{name}": round(float(w), 6) for name, w in zip(backbones, weights, strict=True)})
-        return Stacker("weighted", backbones, {"weights": weights}), metrics
-    hidden_layer, projection_layer = model.get_layer("hidden"), model.get_layer("projection")
-    w1, b1 = (np.asarray(v) for v in hidden_layer.weights)
-    w2, b2 = (np.asarray(v) for v in projection_layer.weights)
-    return Stacker("mlp", backbones, {"w1": w1, "b1": b1, "w2": w2, "b2": b2}), metrics
-
-
-def _block_weights_layer():
-    """The Keras layer class, defined on first use so that importing this module does not import Keras."""
-    import keras
-    from keras import ops
-
-    class BlockWeights(keras.layers.Layer):
-        """Scales each backbone's block by √w_b, w = softmax(logits): cosine becomes Σ w_b·cos_b."""
-
-        def __init__(self, widths: list[int], **kwargs) -> None:
-            super().__init__(**kwargs)
-            self.widths = list(widths)
-            self.logits = self.add_weight(shape=(len(widths),), initializer="zeros", name="logits")
-
-        def call(self, x):
-            scale = ops.sqrt(ops.softmax(self.logits))
-            per_column = ops.concatenate([ops.repeat(scale[i : i + 1], w) for i, w in enumerate(self.widths)])
-            return x * per_column
-
-    return BlockWeights
-
-
 def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tuple[EmbeddingSet, Stacker, dict]:
-    """Fit the stacker on the validation rows and apply it to every image."""
+    """Fit the stacker on the validation rows and apply it to every image: the stacked embeddings, the stacker
+    and ``metrics/stack.json`` (the fit's report, the dimension, and the test accuracy of a linear probe fitted on
+    the stacked validation embeddings)."""
     backbones = list(sets)
     reference = check_aligned(sets)
     val = reference.split("val")
@@ -271,56 +214,23 @@ def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tupl
         raise UserError("the stacker needs validation images of at least two classes (data.val_fraction)")
     blocks = [sets[name].embeddings for name in backbones]
     stacker, fit_metrics = fit_stacker(
-        params.method,
         backbones,
         [b[val] for b in blocks],
-        reference.labels[val],
-        reference.splits[val],
-        params,
-        len(reference.class_names),
+        labels=reference.labels[val],
+        splits=reference.splits[val],
+        params=params,
+        num_classes=len(reference.class_names),
     )
     stacked = stacker.transform(blocks)
     out = EmbeddingSet(stacked, reference.ids, reference.labels, reference.splits, reference.class_names)
-    return out, stacker, {"method": params.method, "fit_rows": len(val), **fit_metrics}
-
-
-def classification_accuracy(stacked: EmbeddingSet, seed: int) -> float:
-    """The stack's test classification accuracy: logistic regression on its validation embeddings, scored on test."""
-    from sklearn.linear_model import LogisticRegression
-
-    val, test = stacked.split("val"), stacked.split("test")
-    if len(test) == 0:
-        return float("nan")
-    classifier = LogisticRegression(max_iter=2000, random_state=seed)
-    classifier.fit(stacked.embeddings[val], stacked.labels[val])
-    return float(classifier.score(stacked.embeddings[test], stacked.labels[test]))
-
-
-def run_stack(
-    backbones: list[str],
-    params: StackParams,
-    embeddings_dir: str | Path = "data/embeddings",
-    out: str | Path = "data/stack/stack.npz",
-    stacker_path: str | Path = "models/stack.npz",
-    metrics_path: str | Path = "metrics/stack.json",
-) -> dict:
-    """The stack stage: read the backbones' embeddings, fit, write the stacked embeddings, stacker and metrics."""
-    from embedlab.fsutil import write_json
-
-    sets = {}
-    for name in backbones:
-        path = Path(embeddings_dir) / f"{name}.npz"
-        if not path.exists():
-            raise UserError(f"{path} is missing: run `dvc repro embed@{name}`")
-        sets[name] = EmbeddingSet.load(path)
-    stacked, stacker, metrics = stack_embeddings(sets, params)
+    test = out.split("test")
     metrics = {
-        **metrics,
-        "dim": int(stacked.embeddings.shape[1]),
-        "test_accuracy": classification_accuracy(stacked, params.seed),
+        "method": params.method,
+        "fit_rows": len(val),
+        **fit_metrics,
+        "dim": int(stacked.shape[1]),
+        "test_accuracy": linear_probe_accuracy(
+            stacked[val], out.labels[val], stacked[test], out.labels[test], seed=params.seed
+        ),
     }
-    metrics = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
-    stacked.save(out)
-    stacker.save(stacker_path)
-    write_json(metrics_path, metrics)
-    return metrics
+    return out, stacker, {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}

@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from embedlab.augment import draw_preview
 from embedlab.data.prepare import Prepared
 from embedlab.errors import run_main
+from embedlab.fsutil import save_figure
 from embedlab.params import load_params
+from embedlab.preview import draw_preview
 
 ROWS = 8
 
@@ -18,9 +19,8 @@ def main() -> None:
     # One image of each of the first ROWS classes, so every row shows something different.
     picks = [rng.choice(train[data.labels[train] == label]) for label in np.unique(data.labels[train])[:ROWS]]
     titles = [data.class_names[data.labels[row]] for row in picks]
-    draw_preview(
-        np.asarray(data.images[picks]), titles, params.augment, "plots/data/augmentations.png", seed=params.data.seed
-    )
+    figure = draw_preview(np.asarray(data.images[picks]), titles, params.augment, seed=params.data.seed)
+    save_figure(figure, "plots/data/augmentations.png")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
 """cluster: K-Means metrics and t-SNE/PCA maps of every model's test-split embeddings (+ raw-pixel baseline)."""
 
-from embedlab.clustering import run_clustering
+from embedlab.clustering import cluster_model, draw_model_map, scatter_rows
 from embedlab.data.prepare import Prepared
 from embedlab.embeddings import load_sets
 from embedlab.errors import run_main
+from embedlab.fsutil import save_figure, write_json
 from embedlab.params import load_params
 
 
 def main() -> None:
     params = load_params()
-    sets = load_sets(params.model_names, Prepared.open("data/prepared"))
-    for name, metrics in run_clustering(sets, params.cluster).items():
-        print(f"cluster: {name:<14} NMI {metrics['nmi']:.4f}  ARI {metrics['ari']:.4f}  purity {metrics['purity']:.4f}")
+    for name, emb in load_sets(params.model_names, Prepared.open("data/prepared")).items():
+        result = cluster_model(emb, params.cluster)
+        write_json(f"metrics/cluster/{name}.json", result.metrics)
+        class_names = [str(c) for c in emb.class_names]
+        for method in result.maps:
+            write_json(f"plots/cluster/{method}/{name}.json", scatter_rows(result, method, class_names))
+            title = f"{name}: {method} of the test split"
+            save_figure(draw_model_map(result, method, class_names, title), f"plots/cluster/{name}_{method}.png", 80)
+        m = result.metrics
+        print(f"cluster: {name:<14} NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  purity {m['purity']:.4f}")
 
 
 if __name__ == "__main__":

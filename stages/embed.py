@@ -5,7 +5,7 @@ import sys
 from embedlab.data.prepare import Prepared
 from embedlab.embeddings import EmbeddingSet, embed_images
 from embedlab.errors import run_main
-from embedlab.models import load_embedding_model
+from embedlab.model_io import load_embedding_model
 from embedlab.params import load_params
 
 

@@ -1,20 +1,21 @@
 """projector: TensorBoard Projector runs (embeddings, metadata, sprite, config) -> projector/<model>/."""
 
-from pathlib import Path
-
 from embedlab.data.prepare import Prepared
 from embedlab.embeddings import load_sets
 from embedlab.errors import run_main
+from embedlab.fsutil import write_tree
 from embedlab.params import load_params
-from embedlab.projector import export_projector
+from embedlab.projector import projector_run
 
 
 def main() -> None:
     params = load_params()
     prepared = Prepared.open("data/prepared")
     for name, emb in load_sets(params.model_names, None).items():
-        count = export_projector(emb, prepared, name, params.projector, Path("projector") / name)
-        print(f"projector: {name}: {count} points -> projector/{name}/")
+        files = projector_run(emb, prepared, name, params.projector)
+        write_tree(f"projector/{name}", files)
+        points = len(files["metadata.tsv"].splitlines()) - 1  # less the header
+        print(f"projector: {name}: {points} points -> projector/{name}/")
     print("open with: tensorboard --logdir projector")
 
 

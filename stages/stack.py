@@ -1,13 +1,19 @@
 """stack: combine the backbones' embeddings (fitted on the validation split) -> data/stack/stack.npz."""
 
+from embedlab.embeddings import load_sets
 from embedlab.errors import run_main
+from embedlab.fsutil import write_json
 from embedlab.params import load_params
-from embedlab.stacking import run_stack
+from embedlab.stacking import stack_embeddings
 
 
 def main() -> None:
     params = load_params()
-    metrics = run_stack(params.stacked_backbones, params.stack)
+    sets = load_sets(params.stacked_backbones, None)
+    stacked, stacker, metrics = stack_embeddings(sets, params.stack)
+    stacked.save("data/stack/stack.npz")
+    stacker.save("models/stack.npz")
+    write_json("metrics/stack.json", metrics)
     print(f"stack: {params.stack.method} of {', '.join(params.stacked_backbones)} -> data/stack/stack.npz {metrics}")
 
 

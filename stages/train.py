@@ -2,19 +2,33 @@
 
 import sys
 
+from embedlab.curves import draw_curves
 from embedlab.errors import run_main
-from embedlab.fsutil import write_json
+from embedlab.fsutil import save_figure, write_json
+from embedlab.model_io import save_embedding_model, save_weights
 from embedlab.params import load_params
-from embedlab.training import Trainer, draw_curves
+from embedlab.training import Trainer
 
 
 def main() -> None:
     name = sys.argv[1]
     params = load_params()
     model_params, train_params = params.for_backbone(name)
-    result = Trainer(name, model_params, train_params, params.augment).run()
+    trainer = Trainer(
+        name,
+        model_params,
+        train_params,
+        params.augment,
+        prepared_dir="data/prepared",
+        work_dir=f"models/.work/{name}",  # resume checkpoints, removed once the outputs are written
+        live_dir=f"dvclive/{name}",
+    )
+    result = trainer.run()
+    save_embedding_model(result.embedding, f"models/{name}.keras")
+    save_weights(result.trainer, f"models/{name}.weights.h5")
     write_json(f"metrics/train/{name}.json", result.metrics)
-    draw_curves(result.history, name, f"plots/train/{name}_loss.png")
+    save_figure(draw_curves(result.history, name), f"plots/train/{name}_loss.png")
+    trainer.discard_checkpoints()
     print(f"train@{name}: {result.metrics}")
 
 

@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import pytest
 
+from embedlab.batchnorm import BatchNormRecalibrator
 from embedlab.checkpoints import CheckpointStore, RunState
-from embedlab.training import BatchNormRecalibrator, StopWatch
+from embedlab.stopwatch import StopWatch
 
 
 def _tiny_model() -> keras.Model:

@@ -16,12 +16,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embedlab.clustering import cluster_metrics, kmeans, purity, run_clustering, sample_per_class, tsne_2d
+from embedlab.clustering import cluster_metrics, cluster_model, draw_model_map, kmeans, purity, scatter_rows, tsne_2d
 from embedlab.embeddings import EmbeddingSet, l2_normalize
 from embedlab.errors import UserError
 from embedlab.export import export_embeddings
+from embedlab.fsutil import write_tree
 from embedlab.params import ClusterParams, ProjectorParams, TsneParams
-from embedlab.projector import export_projector
+from embedlab.projector import projector_run
+from embedlab.sampling import sample_per_class
 
 
 def _blobs(per_class: int = 30, classes: int = 4, spread: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -77,19 +79,20 @@ def _embedding_set(count_per_class: int = 10, classes: int = 3, dim: int = 5) ->
     return EmbeddingSet(l2_normalize(vectors), ids, labels, splits, np.array(["cat", "dog", "eel"][:classes]))
 
 
-def test_run_clustering_writes_metrics_pngs_and_scatter(tmp_path: Path) -> None:
+def test_cluster_model_gives_metrics_maps_and_scatter_rows() -> None:
     params = ClusterParams(method="tsne+pca", tsne=TsneParams(sample=12, perplexity=5))
-    results = run_clustering({"m": _embedding_set()}, params, tmp_path / "metrics", tmp_path / "plots")
-    assert json.loads((tmp_path / "metrics" / "m.json").read_text()) == results["m"]
+    result = cluster_model(_embedding_set(), params)
+    assert set(result.metrics) == {"nmi", "ari", "purity", "silhouette"} and set(result.maps) == {"tsne", "pca"}
     for method in ("tsne", "pca"):
-        assert Image.open(tmp_path / "plots" / f"m_{method}.png").size[0] > 500
-        rows = json.loads((tmp_path / "plots" / method / "m.json").read_text())
+        figure = draw_model_map(result, method, ["cat", "dog", "eel"], "m")
+        assert figure.get_size_inches()[0] * figure.dpi > 500
+        rows = scatter_rows(result, method, ["cat", "dog", "eel"])
         assert len(rows) == 10 and {r["class"] for r in rows} == {"cat", "dog", "eel"}  # 10 test rows < sample
         assert set(rows[0]) == {"x", "y", "class", "cluster", "id"}
 
 
 class _FakePrepared:
-    """What export_projector reads from data/prepared: images in index order and their ids."""
+    """What projector_run reads from data/prepared: images in index order and their ids."""
 
     def __init__(self, emb: EmbeddingSet) -> None:
         rng = np.random.default_rng(0)
@@ -101,8 +104,7 @@ class _FakePrepared:
 def test_projector_files(tmp_path: Path) -> None:
     emb = _embedding_set(count_per_class=10)
     prepared = _FakePrepared(emb)
-    count = export_projector(emb, prepared, "m", ProjectorParams(max_points=20, thumbnail=16), tmp_path / "m")
-    assert count == 20
+    write_tree(tmp_path / "m", projector_run(emb, prepared, "m", ProjectorParams(max_points=20, thumbnail=16)))
     tensors = np.loadtxt(tmp_path / "m" / "tensors.tsv", delimiter="\t")
     metadata = pd.read_csv(tmp_path / "m" / "metadata.tsv", sep="\t", dtype=str)
     assert (
@@ -136,7 +138,8 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_tensorboard_serves_the_projector_logdir(tmp_path: Path) -> None:
     emb = _embedding_set(count_per_class=10)
-    export_projector(emb, _FakePrepared(emb), "m", ProjectorParams(max_points=20, thumbnail=16), tmp_path / "m")
+    files = projector_run(emb, _FakePrepared(emb), "m", ProjectorParams(max_points=20, thumbnail=16))
+    write_tree(tmp_path / "m", files)
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -198,7 +201,6 @@ def test_export_errors(tmp_path: Path) -> None:
         export_embeddings("m", "xlsx", root=tmp_path)
 
 
-def test_more_clusters_than_test_images_is_one_line_before_any_work(tmp_path: Path) -> None:
+def test_more_clusters_than_test_images_is_one_line_before_any_work() -> None:
     with pytest.raises(UserError, match=r"^cluster\.k: 11 clusters for 10 test images; use at most 10$"):
-        run_clustering({"m": _embedding_set()}, ClusterParams(k=11), tmp_path / "metrics", tmp_path / "plots")
-    assert not (tmp_path / "metrics").exists()
+        cluster_model(_embedding_set(), ClusterParams(k=11))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedlab.clustering import run_clustering
+from embedlab.clustering import cluster_model
 from embedlab.data.prepare import Prepared
 from embedlab.embeddings import RAW_PIXELS, raw_pixel_set
 from embedlab.evaluation import evaluate_model
@@ -82,20 +82,39 @@ def test_a_param_change_reruns_exactly_its_stages(scratch: Path, change: dict, e
 READ_PREPARED = ["preprocess", "augment_preview", "train@mobilenetv2", "embed@mobilenetv2", "evaluate", "cluster",
                  "projector"]  # fmt: skip
 EVERY_STAGE = ["download", *READ_PREPARED, "stack"]
+TRAIN, EMBED = "train@mobilenetv2", "embed@mobilenetv2"
+# File boundaries are rerun boundaries: a module one stage uses reruns that stage alone (preview, clustering,
+# projector, the training parts); a shared helper reruns exactly its users.
 CODE_CHANGES = [
     ("embedlab/runtime.py", EVERY_STAGE),  # how TensorFlow runs: every stage, even those that never import it
     ("embedlab/data/digits.py", ["download"]),
     ("embedlab/data/prepare.py", READ_PREPARED),
-    ("embedlab/augment.py", ["augment_preview", "train@mobilenetv2"]),
-    ("embedlab/training.py", ["train@mobilenetv2"]),
-    ("embedlab/checkpoints.py", ["train@mobilenetv2"]),
-    ("embedlab/models.py", ["train@mobilenetv2", "embed@mobilenetv2"]),
+    ("embedlab/augment.py", ["augment_preview", TRAIN]),  # the preview draws what training applies
+    ("embedlab/preview.py", ["augment_preview"]),
+    ("embedlab/training.py", [TRAIN]),
+    ("embedlab/training_data.py", [TRAIN]),
+    ("embedlab/optimization.py", [TRAIN]),
+    ("embedlab/batchnorm.py", [TRAIN]),
+    ("embedlab/checkpoints.py", [TRAIN]),
+    ("embedlab/stopwatch.py", [TRAIN]),
+    ("embedlab/curves.py", [TRAIN]),
+    ("embedlab/devices.py", [TRAIN, "stack"]),  # the learned stackers train with Keras too
+    ("embedlab/models.py", [TRAIN, EMBED]),
+    ("embedlab/model_io.py", [TRAIN, EMBED]),
+    ("embedlab/sampling.py", [TRAIN, "cluster", "projector"]),
     ("embedlab/stacking.py", ["stack"]),
-    ("embedlab/retrieval.py", ["stack", "evaluate"]),  # the select stacker scores with its mAP
+    ("embedlab/stack_network.py", ["stack"]),
+    ("embedlab/search.py", ["stack", "evaluate"]),  # the select stacker scores with retrieval mAP
+    ("embedlab/retrieval_metrics.py", ["stack", "evaluate"]),
+    ("embedlab/probe.py", ["stack", "evaluate"]),
     ("embedlab/evaluation.py", ["evaluate"]),
-    ("embedlab/clustering.py", ["cluster", "projector"]),
+    ("embedlab/collage.py", ["evaluate"]),
+    ("embedlab/clustering.py", ["cluster"]),
     ("embedlab/projector.py", ["projector"]),
     ("embedlab/export.py", []),
+    ("embedlab/query.py", []),
+    ("embedlab/serve.py", []),
+    ("embedlab/serve_engine.py", []),
     ("embedlab/cli.py", []),
 ]
 
@@ -336,7 +355,7 @@ def test_a_fresh_copy_reproduces_the_committed_data_hashes(tmp_path: Path) -> No
     params = load_params(REPO / "params.yaml")
     raw = {RAW_PIXELS: raw_pixel_set(Prepared.open(repo / "data" / "prepared"))}
     retrieval, _ = evaluate_model(raw[RAW_PIXELS], params.evaluate)
-    clusters = run_clustering(raw, params.cluster, tmp_path / "metrics", tmp_path / "plots")[RAW_PIXELS]
+    clusters = cluster_model(raw[RAW_PIXELS], params.cluster).metrics
     for produced, committed in ((retrieval, "retrieval"), (clusters, "cluster")):
         expected = json.loads((REPO / "metrics" / committed / f"{RAW_PIXELS}.json").read_text())
         assert produced == pytest.approx(expected, abs=1e-6), committed

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from embedlab.errors import UserError
-from embedlab.models import BACKBONES, BackbonePreprocess, build_models, input_size_for, load_embedding_model
+from embedlab.model_io import load_embedding_model
+from embedlab.models import BACKBONES, BackbonePreprocess, build_models, input_size_for
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:

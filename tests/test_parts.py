@@ -98,9 +98,9 @@ def test_cifar_format_errors_name_the_member(tmp_path: Path) -> None:
     ],
 )
 def test_each_optimizer_gets_the_weight_decay_asked_for(optimizer: str, decay: float, cls: str, expected) -> None:
-    from embedlab.training import _optimizer
+    from embedlab.optimization import make_optimizer
 
-    built = _optimizer(TrainParams(optimizer=optimizer, weight_decay=decay, lr=0.01), 0.01, 100)
+    built = make_optimizer(TrainParams(optimizer=optimizer, weight_decay=decay, lr=0.01), 0.01, 100)
     assert type(built).__name__ == cls
     assert built.weight_decay == (pytest.approx(expected) if expected else None)
     if optimizer == "sgd":
@@ -131,7 +131,7 @@ def test_unfreeze_top_layers_and_keep_pretrained_batchnorm_frozen() -> None:
 
 
 def test_multiworker_without_a_cluster_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedlab.training import make_strategy
+    from embedlab.devices import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UserError, match=r"train\.strategy=multiworker needs TF_CONFIG"):
@@ -141,13 +141,13 @@ def test_multiworker_without_a_cluster_is_one_line(monkeypatch: pytest.MonkeyPat
 def test_mixed_precision_on_uses_bfloat16_on_cpu() -> None:
     import keras
 
-    from embedlab.training import _set_mixed_precision
+    from embedlab.devices import set_mixed_precision
 
     try:
-        assert _set_mixed_precision("on") == "mixed_bfloat16"
+        assert set_mixed_precision("on") == "mixed_bfloat16"
         assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
-        assert _set_mixed_precision("auto") == "float32"  # no GPU here
-        assert _set_mixed_precision("off") == "float32"
+        assert set_mixed_precision("auto") == "float32"  # no GPU here
+        assert set_mixed_precision("off") == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

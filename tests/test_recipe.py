@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from embedlab.embeddings import embed_images
+from embedlab.optimization import lr_at, make_optimizer
 from embedlab.params import ParamsError, TrainParams, parse_params
-from embedlab.training import _optimizer, lr_at
 
 
 def _lr(*args) -> float:
@@ -31,7 +31,7 @@ def test_lr_schedules_by_hand() -> None:
 @pytest.mark.parametrize("schedule", ["triangular", "cosine"])
 def test_the_optimizer_follows_the_schedule_step_by_step(schedule: str) -> None:
     train = TrainParams(optimizer="sgd", lr=0.4, lr_schedule=schedule, lr_warmup=0.25)
-    optimizer = _optimizer(train, train.lr, total_steps=40)
+    optimizer = make_optimizer(train, train.lr, total_steps=40)
     variable = keras.Variable(np.zeros(3, "float32"))
     optimizer.build([variable])
     for step in range(41):

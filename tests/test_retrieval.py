@@ -7,7 +7,8 @@ import pytest
 
 from embedlab.embeddings import l2_normalize
 from embedlab.params import FaissParams
-from embedlab.retrieval import FaissIndex, average_precision_at_k, evaluate_retrieval, majority_vote, search
+from embedlab.retrieval_metrics import average_precision_at_k, evaluate_retrieval, majority_vote
+from embedlab.search import ExactIndex, FaissIndex, search
 
 
 def _unit(angles_deg: list[float]) -> np.ndarray:
@@ -28,7 +29,7 @@ def test_full_report_hand_computed() -> None:
     gallery = _unit([10, 20, 30, 40, 200])
     gallery_labels = np.array([0, 1, 0, 1, 1])
     query = _unit([0])
-    report = evaluate_retrieval(query, np.array([0]), gallery, gallery_labels, ["a", "b"], k=3, k_max=4)
+    report = evaluate_retrieval(query, np.array([0]), ExactIndex(gallery), gallery_labels, ["a", "b"], k=3, k_max=4)
     # Ranking: 10°(a) 20°(b) 30°(a) 40°(b) 200°(b); R = 2 relevant (label a).
     assert list(report.neighbours[0]) == [0, 1, 2, 3]
     m = report.metrics
@@ -43,11 +44,11 @@ def test_full_report_hand_computed() -> None:
 def test_ties_break_by_gallery_order_and_duplicates() -> None:
     gallery = _unit([5, 5, 5, 5, 90])  # four identical vectors
     labels = np.array([1, 0, 0, 1, 0])
-    idx, scores = search(_unit([0]), gallery, k=2)
+    idx, scores = search(_unit([0]), ExactIndex(gallery), k=2)
     assert list(idx[0]) == [0, 1] and scores[0, 0] == scores[0, 1]
-    idx, _ = search(_unit([0]), gallery, k=3, chunk_size=1)
+    idx, _ = search(_unit([0]), ExactIndex(gallery), k=3, chunk_size=1)
     assert list(idx[0]) == [0, 1, 2]
-    report = evaluate_retrieval(_unit([0]), np.array([0]), gallery, labels, ["x", "y"], k=2, k_max=2)
+    report = evaluate_retrieval(_unit([0]), np.array([0]), ExactIndex(gallery), labels, ["x", "y"], k=2, k_max=2)
     assert report.metrics["precision@1"] == 0.0 and report.metrics["map@2"] == pytest.approx(0.5 / 2)
 
 
@@ -58,7 +59,7 @@ def test_self_excluded_by_id_not_by_rank() -> None:
     report = evaluate_retrieval(
         _unit([0]),
         np.array([0]),
-        gallery,
+        ExactIndex(gallery, gallery_ids=ids),
         labels,
         ["a", "b"],
         k=3,
@@ -73,7 +74,7 @@ def test_self_excluded_by_id_not_by_rank() -> None:
 
 def test_class_absent_from_gallery_scores_zero() -> None:
     report = evaluate_retrieval(
-        _unit([0]), np.array([2]), _unit([1, 2]), np.array([0, 1]), ["a", "b", "c"], k=2, k_max=2
+        _unit([0]), np.array([2]), ExactIndex(_unit([1, 2])), np.array([0, 1]), ["a", "b", "c"], k=2, k_max=2
     )
     assert report.metrics["map@2"] == 0.0 and report.metrics["map@r"] == 0.0 and report.metrics["hit_rate@2"] == 0.0
 
@@ -95,10 +96,10 @@ def test_exact_matches_brute_numpy_and_chunking(metric: str) -> None:
     else:
         reference_scores = -np.linalg.norm(queries[:, None, :] - gallery[None, :, :], axis=2)
     reference = np.argsort(-reference_scores, axis=1, kind="stable")[:, :7]
-    idx, scores = search(queries, gallery, 7, metric=metric)
+    idx, scores = search(queries, ExactIndex(gallery, metric), 7)
     np.testing.assert_array_equal(idx, reference)
     np.testing.assert_allclose(scores, np.take_along_axis(reference_scores, reference, 1), atol=1e-5)
-    chunked, _ = search(queries, gallery, 7, metric=metric, chunk_size=5)
+    chunked, _ = search(queries, ExactIndex(gallery, metric), 7, chunk_size=5)
     np.testing.assert_array_equal(chunked, idx)
 
 
@@ -108,8 +109,8 @@ def test_faiss_flat_returns_the_exact_neighbours(metric: str) -> None:
     gallery = l2_normalize(rng.normal(size=(700, 24)))
     queries = l2_normalize(rng.normal(size=(90, 24)))
     flat = FaissIndex(gallery, metric, FaissParams(type="flat"))
-    exact_idx, exact_scores = search(queries, gallery, 10, metric)
-    faiss_idx, faiss_scores = search(queries, gallery, 10, metric, chunk_size=32, index=flat)
+    exact_idx, exact_scores = search(queries, ExactIndex(gallery, metric), 10)
+    faiss_idx, faiss_scores = search(queries, flat, 10, chunk_size=32)
     np.testing.assert_array_equal(faiss_idx, exact_idx)
     np.testing.assert_allclose(faiss_scores, exact_scores, atol=1e-5)
 
@@ -119,9 +120,9 @@ def test_faiss_excludes_self_by_id_like_exact_search() -> None:
     vectors = l2_normalize(rng.normal(size=(200, 8)))
     ids = np.array([f"img{i}" for i in range(200)])
     queries, query_ids = vectors[:50], ids[:50]  # every query is also in the gallery
-    flat = FaissIndex(vectors, "cosine", FaissParams(type="flat"))
-    exact = search(queries, vectors, 5, query_ids=query_ids, gallery_ids=ids)
-    approx = search(queries, vectors, 5, query_ids=query_ids, gallery_ids=ids, index=flat)
+    flat = FaissIndex(vectors, "cosine", FaissParams(type="flat"), gallery_ids=ids)
+    exact = search(queries, ExactIndex(vectors, gallery_ids=ids), 5, query_ids=query_ids)
+    approx = search(queries, flat, 5, query_ids=query_ids)
     np.testing.assert_array_equal(approx[0], exact[0])
     assert not np.any(approx[0] == np.arange(50)[:, None])
 
@@ -138,10 +139,11 @@ def test_flat_faiss_equals_exact_at_every_depth_with_and_without_self(seed: int)
     queries = np.concatenate([gallery[inside], outside])
     query_ids = np.concatenate([ids[inside], ["q0", "q1", "q2"]])
     metric = ("cosine", "euclidean")[seed % 2]
-    flat = FaissIndex(gallery, metric, FaissParams(type="flat"))
+    flat = FaissIndex(gallery, metric, FaissParams(type="flat"), gallery_ids=ids)
+    exact_index = ExactIndex(gallery, metric, gallery_ids=ids)
     for k in range(1, size + 3):
-        exact = search(queries, gallery, k, metric, query_ids=query_ids, gallery_ids=ids)
-        approx = search(queries, gallery, k, metric, query_ids=query_ids, gallery_ids=ids, index=flat)
+        exact = search(queries, exact_index, k, query_ids=query_ids)
+        approx = search(queries, flat, k, query_ids=query_ids)
         np.testing.assert_array_equal(approx[0], exact[0], err_msg=f"size {size} k {k}")
         np.testing.assert_allclose(approx[1], exact[1], atol=1e-5, err_msg=f"size {size} k {k}")
 
@@ -154,13 +156,13 @@ def test_faiss_approximate_indexes_recall_and_metrics(kind: str) -> None:
     vectors = l2_normalize(centres[labels] + 0.6 * rng.normal(size=(3000, 32)))
     gallery, queries = vectors[:2500], vectors[2500:]
     index = FaissIndex(gallery, "cosine", FaissParams(type=kind, nlist=16, nprobe=8))
-    exact_idx, _ = search(queries, gallery, 5)
-    approx_idx, _ = search(queries, gallery, 5, index=index)
+    exact_idx, _ = search(queries, ExactIndex(gallery), 5)
+    approx_idx, _ = search(queries, index, 5)
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx_idx, exact_idx, strict=True)])
     assert recall >= 0.9
     names = [str(c) for c in range(20)]
-    exact_report = evaluate_retrieval(queries, labels[2500:], gallery, labels[:2500], names, k=5)
-    approx_report = evaluate_retrieval(queries, labels[2500:], gallery, labels[:2500], names, k=5, index=index)
+    exact_report = evaluate_retrieval(queries, labels[2500:], ExactIndex(gallery), labels[:2500], names, k=5)
+    approx_report = evaluate_retrieval(queries, labels[2500:], index, labels[:2500], names, k=5)
     assert abs(approx_report.metrics["map@5"] - exact_report.metrics["map@5"]) < 0.02
 
 
@@ -172,7 +174,7 @@ def test_map_at_r_and_r_precision_equal_a_brute_force_reference() -> None:
     queries = l2_normalize(rng.normal(size=(15, 8)))
     query_labels = rng.integers(0, 4, size=15)
     report = evaluate_retrieval(
-        queries, query_labels, gallery, gallery_labels, ["a", "b", "c", "d"], k=5, k_max=5, chunk_size=4
+        queries, query_labels, ExactIndex(gallery), gallery_labels, ["a", "b", "c", "d"], k=5, k_max=5, chunk_size=4
     )
     map_r, r_prec = [], []
     for query, label in zip(queries, query_labels, strict=True):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from embedlab.embeddings import EmbeddingSet, l2_normalize
+from embedlab.embeddings import EmbeddingSet, l2_normalize, load_sets
 from embedlab.errors import UserError
 from embedlab.params import StackParams
-from embedlab.stacking import Stacker, fit_stacker, run_stack, stack_embeddings
+from embedlab.stacking import Stacker, fit_stacker, stack_embeddings
 
 CLASSES = 4
 
@@ -65,7 +64,10 @@ def test_fit_refuses_anything_but_validation_rows() -> None:
     sets = _sets()
     emb = sets["a"]
     with pytest.raises(AssertionError, match="validation"):
-        fit_stacker("pca", ["a"], [emb.embeddings], emb.labels, emb.splits, StackParams(method="pca"), CLASSES)
+        fit_stacker(
+            ["a"], [emb.embeddings], labels=emb.labels, splits=emb.splits, params=StackParams(method="pca"),
+            num_classes=CLASSES,
+        )  # fmt: skip
 
 
 def test_concat_is_the_mean_of_cosines_and_weighted_learns_the_informative_backbone() -> None:
@@ -92,22 +94,14 @@ def test_pca_whitening_is_capped_by_validation_size() -> None:
     assert small["dim"] == 7  # 8 validation rows carry at most 7 directions
 
 
-def test_run_stack_writes_outputs_and_reports_missing_inputs(tmp_path: Path) -> None:
+def test_stack_metrics_and_missing_inputs(tmp_path: Path) -> None:
     for name, emb in _sets().items():
-        emb.save(tmp_path / "emb" / f"{name}.npz")
-    metrics = run_stack(
-        ["a", "b"],
-        StackParams(method="pca", dim=4),
-        tmp_path / "emb",
-        tmp_path / "stack" / "stack.npz",
-        tmp_path / "models" / "stack.npz",
-        tmp_path / "stack.json",
-    )
-    assert json.loads((tmp_path / "stack.json").read_text()) == metrics
+        emb.save(tmp_path / "data" / "embeddings" / f"{name}.npz")
+    stacked, _, metrics = stack_embeddings(load_sets(["a", "b"], None, root=tmp_path), StackParams(method="pca", dim=4))
     assert metrics["method"] == "pca" and metrics["dim"] == 4 and 0.5 < metrics["test_accuracy"] <= 1
-    assert EmbeddingSet.load(tmp_path / "stack" / "stack.npz").embeddings.shape == (140, 4)
+    assert stacked.embeddings.shape == (140, 4)
     with pytest.raises(UserError, match=r"dvc repro embed@c"):
-        run_stack(["a", "c"], StackParams(), tmp_path / "emb", tmp_path / "s.npz", tmp_path / "m.npz", tmp_path / "j")
+        load_sets(["a", "c"], None, root=tmp_path)
 
 
 def test_misaligned_backbones_are_refused() -> None:
