@@ -79,10 +79,12 @@ class CheckpointStore:
                 stale.unlink()
 
     def weights_path(self, state: RunState) -> Path:
+        """The checkpoint's trainer weights (with optimizer state)."""
         assert state.weights_file, "no checkpoint saved yet"
         return self.folder / state.weights_file
 
     def best_weights(self, state: RunState) -> list[np.ndarray]:
+        """The best epoch's weights, as ``get_weights`` returned them."""
         assert state.best_file, "no checkpoint saved yet"
         with np.load(self.folder / state.best_file) as best:
             return [best[f"arr_{i}"] for i in range(len(best.files))]

@@ -30,6 +30,8 @@ def _pairwise(labels, embeddings):
 
 
 def batch_hard_triplet_loss(labels, embeddings, margin: float = 0.2):
+    """Mean over anchors of max(0, hardest positive distance − hardest negative distance + margin); cosine distance,
+    anchors without a positive or a negative in the batch left out."""
     distance, positive, negative = _pairwise(labels, embeddings)
     hardest_positive = ops.max(ops.where(positive, distance, -_BIG), axis=1)
     hardest_negative = ops.min(ops.where(negative, distance, _BIG), axis=1)
@@ -40,6 +42,8 @@ def batch_hard_triplet_loss(labels, embeddings, margin: float = 0.2):
 
 
 def semi_hard_triplet_loss(labels, embeddings, margin: float = 0.2):
+    """Mean over (anchor, positive) pairs of max(0, d(a, p) − d(a, n) + margin), n the closest negative farther than
+    the positive (FaceNet's semi-hard mining), or the farthest negative when none is (as TensorFlow Addons does)."""
     distance, positive, negative = _pairwise(labels, embeddings)
     d_ap = ops.expand_dims(distance, 2)  # [anchor, positive, 1]
     d_an = ops.expand_dims(distance, 1)  # [anchor, 1, negative]
@@ -66,9 +70,11 @@ class TripletLoss(keras.losses.Loss):
         self.mining, self.margin = mining, margin
 
     def call(self, y_true, y_pred):
+        """The batch's triplet loss, broadcast per sample (Keras reduces per-sample losses)."""
         fn = batch_hard_triplet_loss if self.mining == "batch_hard" else semi_hard_triplet_loss
         # Keras reduces per-sample losses; the triplet loss is a batch quantity, so broadcast it.
         return ops.ones_like(y_pred[:, 0]) * fn(y_true, y_pred, self.margin)
 
     def get_config(self) -> dict:
+        """Keras serialisation: the mining and margin."""
         return {**super().get_config(), "mining": self.mining, "margin": self.margin}

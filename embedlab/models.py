@@ -90,6 +90,7 @@ class BackbonePreprocess(keras.layers.Layer):
         self.mode = mode
 
     def call(self, x):
+        """The family's preprocessing of float RGB in [0, 255]."""
         if self.mode == "tf":
             return x / 127.5 - 1.0
         if self.mode == "torch":
@@ -100,6 +101,7 @@ class BackbonePreprocess(keras.layers.Layer):
         return ops.flip(x, axis=-1) - mean
 
     def get_config(self) -> dict:
+        """Keras serialisation: the mode."""
         return {**super().get_config(), "mode": self.mode}
 
 
@@ -108,13 +110,17 @@ class L2Normalize(keras.layers.Layer):
     """Unit-length rows (float32 even under mixed precision)."""
 
     def call(self, x):
+        """Rows divided by their length."""
         x = ops.cast(x, "float32")
         return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-30))
 
 
 @keras.saving.register_keras_serializable(package="embedlab")
 class StopGradient(keras.layers.Layer):
+    """Identity forward, no gradient backward: a linear probe that reads the embedding without shaping it."""
+
     def call(self, x):
+        """The input, detached from the gradient."""
         return ops.stop_gradient(x)
 
 
@@ -164,6 +170,9 @@ def _mobilenet_size(input_size: int) -> int:
 
 @dataclass
 class Models:
+    """The three views of one built model: the saved embedding model, the trainer with the classifier head, and the
+    backbone (for freezing)."""
+
     embedding: keras.Model  # uint8 image -> unit embedding
     trainer: keras.Model  # uint8 image -> {"embedding", "logits"}
     backbone: keras.Model

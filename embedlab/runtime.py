@@ -44,6 +44,7 @@ class _QuietImport(importlib.abc.MetaPathFinder):
     """Wraps the first ``import tensorflow`` in :func:`_filtered_stderr`, then steps aside."""
 
     def find_spec(self, fullname, path, target=None):
+        """Wrap TensorFlow's own loader the first time ``tensorflow`` is imported; leave every other import alone."""
         if fullname != "tensorflow":
             return None
         sys.meta_path.remove(self)
@@ -58,9 +59,11 @@ class _QuietLoader(importlib.abc.Loader):
         self.inner = inner
 
     def create_module(self, spec):
+        """TensorFlow's own module creation."""
         return self.inner.create_module(spec)
 
     def exec_module(self, module) -> None:
+        """Run TensorFlow's import with its known start-up lines filtered from stderr."""
         module.__loader__ = self.inner
         with _filtered_stderr(_STARTUP_NOISE):
             self.inner.exec_module(module)

@@ -38,9 +38,9 @@ class Index(Protocol):
 
     size: int
 
-    def top_k(
-        self, queries: np.ndarray, k: int, query_ids: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def top_k(self, queries: np.ndarray, k: int, query_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` gallery rows per query and their scores, best first; a query's own id is excluded."""
+        ...
 
 
 def rows_per_chunk(gallery_size: int, block_bytes: int = BLOCK_BYTES) -> int:

@@ -80,6 +80,7 @@ def _block_weights_layer() -> type:
             self.logits = self.add_weight(shape=(len(widths),), initializer="zeros", name="logits")
 
         def call(self, x):
+            """Each backbone's block scaled by the square root of its weight."""
             scale = ops.sqrt(ops.softmax(self.logits))
             per_column = ops.concatenate([ops.repeat(scale[i : i + 1], w) for i, w in enumerate(self.widths)])
             return x * per_column

@@ -96,6 +96,8 @@ def parse_archive(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[s
 
 
 def write_cifar10(out: Path, url: str, local_path: str | None, md5: str = ARCHIVE_MD5) -> int:
+    """The cifar10 source: obtain the official archive (checksum-verified), parse it, write ``data/raw``; return the
+    image count."""
     archive = obtain_archive(url, local_path, md5)
     images, labels, ids, splits, class_names = parse_archive(archive)
     write_array_dataset(out, RawInfo(source="cifar10", class_names=class_names), images, labels, ids, splits)

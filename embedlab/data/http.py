@@ -32,6 +32,7 @@ class ChecksumError(DownloadError):
 
 
 def md5sum(path: str | Path) -> str:
+    """The file's MD5, read in chunks (archives are larger than memory should hold)."""
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):

@@ -72,6 +72,8 @@ def assign_splits(raw_splits: np.ndarray, labels: np.ndarray, params: DataParams
 
 @dataclass
 class PreparedSummary:
+    """What preprocess reports in ``metrics/data.json``: images per split and class, and how many were skipped."""
+
     counts: dict[str, int]
     per_class: dict[str, dict[str, int]]
     skipped: int
@@ -135,6 +137,7 @@ class Prepared:
 
     @classmethod
     def open(cls, root: str | Path = "data/prepared") -> Prepared:
+        """Open ``data/prepared`` (the images as a read-only memory map)."""
         root = Path(root)
         info = json.loads((root / "info.json").read_text())
         index = pd.read_csv(
@@ -149,4 +152,5 @@ class Prepared:
 
     @property
     def labels(self) -> np.ndarray:
+        """The class index of every image, in index order."""
         return self.index["label"].to_numpy()

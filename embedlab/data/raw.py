@@ -30,6 +30,8 @@ from embedlab.images import decode
 
 @dataclass
 class RawInfo:
+    """``data/raw/info.json``: the source, the class names, and the files skipped as unreadable."""
+
     source: str
     class_names: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -57,6 +59,7 @@ class BlobWriter:
         self._rows: list[dict[str, object]] = []
 
     def add(self, image_id: str, class_name: str, split: str, data: bytes) -> None:
+        """Append one encoded image and its index row."""
         self._rows.append(
             {"id": image_id, "class": class_name, "split": split, "offset": self._handle.tell(), "length": len(data)}
         )
@@ -96,6 +99,7 @@ class RawDataset:
 
     @classmethod
     def open(cls, root: str | Path) -> RawDataset:
+        """Open ``data/raw`` (index and info; image bytes are read on demand)."""
         root = Path(root)
         info = json.loads((root / "info.json").read_text())
         index = pd.read_csv(root / "index.csv", dtype={"id": str, "split": str}, keep_default_na=False)
