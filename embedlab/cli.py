@@ -58,7 +58,7 @@ def _search(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from embedlab.serve import serve
 
-    serve(Path("."), args.models, args.host, args.port, args.index)
+    serve(Path("."), args.models, host=args.host, port=args.port, index=args.index)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -72,7 +72,7 @@ def _results(args: argparse.Namespace) -> None:
     from embedlab.results import collect, markdown_table
 
     if args.action == "collect":
-        out = collect(args.run_dir, args.results_dir, args.command_line, args.seconds)
+        out = collect(args.run_dir, args.results_dir, command=args.command_line, pipeline_seconds=args.seconds)
         print(f"results: {args.run_dir} -> {out}")
     print(markdown_table(args.results_dir))
 

@@ -19,7 +19,7 @@ class Tile:
     bold: bool = False
 
 
-def draw_collage(rows: list[list[Tile]], title: str | None = None, cell: tuple[float, float] = (1.8, 2.0)):
+def draw_collage(rows: list[list[Tile]], title: str | None = None, *, cell: tuple[float, float] = (1.8, 2.0)):
     """A matplotlib figure of the tiles, row by row (the caller saves it, see :func:`embedlab.fsutil.save_figure`)."""
     import matplotlib
 

@@ -36,7 +36,7 @@ def _frames(emb: EmbeddingSet, rows_per_block: int):
 
 
 def export_embeddings(
-    model: str, fmt: str, out: str | Path | None = None, root: str | Path = ".", rows_per_block: int = 10_000
+    model: str, fmt: str, out: str | Path | None = None, *, root: str | Path = ".", rows_per_block: int = 10_000
 ) -> Path:
     """Write ``model``'s embeddings to ``out`` (default ``<model>.<fmt>``); return the path written."""
     if fmt not in FORMATS:

@@ -90,7 +90,7 @@ def write_tree(target: str | Path, files: dict[str, bytes]) -> None:
             (tmp / name).write_bytes(data)
 
 
-def save_figure(figure: Any, path: str | Path, dpi: int = 100) -> None:
+def save_figure(figure: Any, path: str | Path, *, dpi: int = 100) -> None:
     """Save a matplotlib figure as a PNG atomically, then free it (figures hold memory until closed)."""
     import matplotlib.pyplot as plt
 

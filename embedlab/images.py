@@ -66,10 +66,13 @@ def fit_to_square(image: Image.Image, size: int, fit: Fit = "crop") -> np.ndarra
     """Resize to ``size``×``size`` RGB uint8: ``crop`` centre-crops, ``pad`` letterboxes, ``stretch`` squashes."""
     if image.size == (size, size):
         return np.asarray(image, dtype=np.uint8)
-    if fit == "stretch":
-        out = image.resize((size, size), RESAMPLE)
-    elif fit == "crop":
-        out = ImageOps.fit(image, (size, size), RESAMPLE)
-    else:
-        out = ImageOps.pad(image, (size, size), RESAMPLE, color=(0, 0, 0))
+    match fit:
+        case "stretch":
+            out = image.resize((size, size), RESAMPLE)
+        case "crop":
+            out = ImageOps.fit(image, (size, size), RESAMPLE)
+        case "pad":
+            out = ImageOps.pad(image, (size, size), RESAMPLE, color=(0, 0, 0))
+        case other:
+            raise ValueError(f"unknown data.fit {other!r}")
     return np.asarray(out, dtype=np.uint8)

@@ -42,7 +42,7 @@ BACKBONES: dict[str, Backbone] = {
 SMALLNET_WIDTHS = (64, 256, 256)
 
 
-def build_smallnet(side: int, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0) -> keras.Model:
+def build_smallnet(side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0) -> keras.Model:
     """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
     a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool ->
     BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.
@@ -91,14 +91,18 @@ class BackbonePreprocess(keras.layers.Layer):
 
     def call(self, x):
         """The family's preprocessing of float RGB in [0, 255]."""
-        if self.mode == "tf":
-            return x / 127.5 - 1.0
-        if self.mode == "torch":
-            mean = ops.convert_to_tensor(_IMAGENET_MEAN, dtype=x.dtype)
-            std = ops.convert_to_tensor(_IMAGENET_STD, dtype=x.dtype)
-            return (x / 255.0 - mean) / std
-        mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
-        return ops.flip(x, axis=-1) - mean
+        match self.mode:
+            case "tf":
+                return x / 127.5 - 1.0
+            case "torch":
+                mean = ops.convert_to_tensor(_IMAGENET_MEAN, dtype=x.dtype)
+                std = ops.convert_to_tensor(_IMAGENET_STD, dtype=x.dtype)
+                return (x / 255.0 - mean) / std
+            case "caffe":
+                mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+                return ops.flip(x, axis=-1) - mean
+            case other:
+                raise ValueError(f"unknown preprocess mode {other!r}")
 
     def get_config(self) -> dict:
         """Keras serialisation: the mode."""

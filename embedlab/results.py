@@ -20,7 +20,7 @@ COPIED = ("params.yaml", "dvc.lock", "metrics", "dvclive", "plots")
 RAW_PIXELS, STACK = "raw_pixels", "stack"
 
 
-def collect(run_dir: str | Path, out_dir: str | Path, command: str, pipeline_seconds: float | None) -> Path:
+def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_seconds: float | None) -> Path:
     """Copy the run's params, lock, metrics, dvclive logs and plots into ``out_dir`` and describe the run."""
     from embedlab.runtime import cpu_description
 

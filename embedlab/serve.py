@@ -153,7 +153,7 @@ def _add_file_routes(app: FastAPI, engine: Engine, batcher: Batcher, state: dict
         return page
 
 
-def serve(root: Path, models: list[str] | None, host: str, port: int, index: str | None) -> None:
+def serve(root: Path, models: list[str] | None, *, host: str, port: int, index: str | None) -> None:
     """Load everything, bind, print the URL, serve until interrupted."""
     import uvicorn
 

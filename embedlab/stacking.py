@@ -155,7 +155,7 @@ SELECT_MAX_QUERIES = 2000  # validation queries scored per candidate (all valida
 SELECT_MAX_PASSES = 10
 
 
-def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, labels: np.ndarray, k: int) -> float:
+def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, *, labels: np.ndarray, k: int) -> float:
     """mAP@k of ``query_rows`` (rows of ``similarity``) against every validation image but the query itself."""
     sims = similarity.copy()
     sims[np.arange(len(query_rows)), query_rows] = -np.inf
@@ -176,7 +176,7 @@ def _fit_select(
 
     def score(weights: np.ndarray) -> float:
         combined = sum(w * g for w, g in zip(weights, grams, strict=True) if w)
-        return leave_one_out_map(combined, queries, labels, params.select_k)
+        return leave_one_out_map(combined, queries, labels=labels, k=params.select_k)
 
     singles = [score(np.eye(len(blocks))[b]) for b in range(len(blocks))]
     best = int(np.argmax(singles))

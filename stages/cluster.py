@@ -17,7 +17,8 @@ def main() -> None:
         for method in result.maps:
             write_json(f"plots/cluster/{method}/{name}.json", scatter_rows(result, method, class_names))
             title = f"{name}: {method} of the test split"
-            save_figure(draw_model_map(result, method, class_names, title), f"plots/cluster/{name}_{method}.png", 80)
+            figure = draw_model_map(result, method, class_names, title)
+            save_figure(figure, f"plots/cluster/{name}_{method}.png", dpi=80)
         m = result.metrics
         print(f"cluster: {name:<14} NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  purity {m['purity']:.4f}")
 

@@ -46,4 +46,4 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
 
 def test_collect_needs_a_finished_run(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="run `dvc repro`"):
-        collect(tmp_path, tmp_path / "out", "dvc repro", None)
+        collect(tmp_path, tmp_path / "out", command="dvc repro", pipeline_seconds=None)
