@@ -64,6 +64,7 @@ class AugmentParams(_Section):
 
 
 NO_IMAGENET_WEIGHTS = {"smallnet"}  # built for training from scratch
+WHITENING_STEM = {"smallnet"}  # backbones with a patch-whitening stem (model.whiten_stem)
 BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -76,6 +77,7 @@ class ModelParams(_Section):
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
     logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0  # unit embedding x this before the classifier
+    whiten_stem: bool = False  # smallnet: initialise the stem from the training patches' whitening (whitening.py)
 
 
 class TrainParams(_Section):
@@ -121,6 +123,7 @@ class BackboneOverrides(_Section):
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = None
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
     logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None
+    whiten_stem: bool | None = None
     epochs: PositiveInt | None = None
     warmup_epochs: Annotated[int, Field(ge=0)] | None = None
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None

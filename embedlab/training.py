@@ -141,6 +141,10 @@ class Trainer:
                 probe_head=train.loss == "triplet",
                 logit_scale=model_params.logit_scale,
             )
+        if model_params.whiten_stem:  # a resumed run overwrites it with the checkpoint's weights
+            from embedlab.whitening import whiten_stem
+
+            whiten_stem(models.embedding, models.backbone, data.arrays["train"][0], seed=train.seed)
         best = self.checkpoints.best_weights(state) if state.best_file else None
         augment = build_augmentation(self.augment, seed=train.seed)
         return _Run(models, strategy, policy, augment, data, state, self._open_live(state), best)
