@@ -29,6 +29,7 @@ VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("half the peak lr (0.4)", {}, {"lr": 0.4}, {}),
     ("logit scale 4", {"logit_scale": 4.0}, {}, {}),
     ("logit scale 16", {"logit_scale": 16.0}, {}, {}),
+    ("patch-whitening stem", {"whiten_stem": True}, {}, {}),
 ]
 
 
