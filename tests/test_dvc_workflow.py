@@ -98,6 +98,7 @@ CODE_CHANGES = [
     ("embedlab/checkpoints.py", [TRAIN]),
     ("embedlab/stopwatch.py", [TRAIN]),
     ("embedlab/curves.py", [TRAIN]),
+    ("embedlab/whitening.py", [TRAIN]),
     ("embedlab/devices.py", [TRAIN, "stack"]),  # the learned stackers train with Keras too
     ("embedlab/models.py", [TRAIN, EMBED]),
     ("embedlab/model_io.py", [TRAIN, EMBED]),
