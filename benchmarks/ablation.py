@@ -27,6 +27,7 @@ VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("no weight decay", {}, {"weight_decay": 0.0}, {}),
     ("cosine instead of triangular lr", {}, {"lr_schedule": "cosine"}, {}),
     ("half the peak lr (0.4)", {}, {"lr": 0.4}, {}),
+    ("1.5x the peak lr (1.2)", {}, {"lr": 1.2}, {}),
     ("logit scale 4", {"logit_scale": 4.0}, {}, {}),
     ("logit scale 16", {"logit_scale": 16.0}, {}, {}),
     ("patch-whitening stem", {"whiten_stem": True}, {}, {}),
