@@ -204,9 +204,8 @@ def _fit_select(
 
 
 def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tuple[EmbeddingSet, Stacker, dict]:
-    """Fit the stacker on the validation rows and apply it to every image: the stacked embeddings, the stacker
-    and ``metrics/stack.json`` (the fit's report, the dimension, and the test accuracy of a linear probe fitted on
-    the stacked validation embeddings)."""
+    """Fit the stacker on the validation rows and apply it to every image: the stacked embeddings, the stacker and
+    the fit's report (method, rows, and what the method reports: weights, explained variance, final loss)."""
     backbones = list(sets)
     reference = check_aligned(sets)
     val = reference.split("val")
@@ -223,14 +222,18 @@ def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tupl
     )
     stacked = stacker.transform(blocks)
     out = EmbeddingSet(stacked, reference.ids, reference.labels, reference.splits, reference.class_names)
-    test = out.split("test")
+    return out, stacker, {"method": params.method, "fit_rows": len(val), **fit_metrics}
+
+
+def stack_metrics(stacked: EmbeddingSet, fit_report: dict, *, seed: int) -> dict:
+    """``metrics/stack.json``: the fit's report, the stacked dimension, and the test accuracy of a linear probe
+    fitted on the stacked validation embeddings (the stack has no softmax head of its own)."""
+    val, test, vectors = stacked.split("val"), stacked.split("test"), stacked.embeddings
     metrics = {
-        "method": params.method,
-        "fit_rows": len(val),
-        **fit_metrics,
-        "dim": int(stacked.shape[1]),
+        **fit_report,
+        "dim": int(vectors.shape[1]),
         "test_accuracy": linear_probe_accuracy(
-            stacked[val], out.labels[val], stacked[test], out.labels[test], seed=params.seed
+            vectors[val], stacked.labels[val], vectors[test], stacked.labels[test], seed=seed
         ),
     }
-    return out, stacker, {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items()}

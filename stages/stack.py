@@ -4,13 +4,14 @@ from embedlab.embeddings import load_sets
 from embedlab.errors import run_main
 from embedlab.fsutil import write_json
 from embedlab.params import load_params
-from embedlab.stacking import stack_embeddings
+from embedlab.stacking import stack_embeddings, stack_metrics
 
 
 def main() -> None:
     params = load_params()
     sets = load_sets(params.stacked_backbones, None)
-    stacked, stacker, metrics = stack_embeddings(sets, params.stack)
+    stacked, stacker, fit_report = stack_embeddings(sets, params.stack)
+    metrics = stack_metrics(stacked, fit_report, seed=params.stack.seed)
     stacked.save("data/stack/stack.npz")
     stacker.save("models/stack.npz")
     write_json("metrics/stack.json", metrics)

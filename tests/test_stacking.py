@@ -10,7 +10,7 @@ import pytest
 from embedlab.embeddings import EmbeddingSet, l2_normalize, load_sets
 from embedlab.errors import UserError
 from embedlab.params import StackParams
-from embedlab.stacking import Stacker, fit_stacker, stack_embeddings
+from embedlab.stacking import Stacker, fit_stacker, stack_embeddings, stack_metrics
 
 CLASSES = 4
 
@@ -97,7 +97,9 @@ def test_pca_whitening_is_capped_by_validation_size() -> None:
 def test_stack_metrics_and_missing_inputs(tmp_path: Path) -> None:
     for name, emb in _sets().items():
         emb.save(tmp_path / "data" / "embeddings" / f"{name}.npz")
-    stacked, _, metrics = stack_embeddings(load_sets(["a", "b"], None, root=tmp_path), StackParams(method="pca", dim=4))
+    sets = load_sets(["a", "b"], None, root=tmp_path)
+    stacked, _, fit_report = stack_embeddings(sets, StackParams(method="pca", dim=4))
+    metrics = stack_metrics(stacked, fit_report, seed=0)
     assert metrics["method"] == "pca" and metrics["dim"] == 4 and 0.5 < metrics["test_accuracy"] <= 1
     assert stacked.embeddings.shape == (140, 4)
     with pytest.raises(UserError, match=r"dvc repro embed@c"):
