@@ -97,7 +97,7 @@ class TrainParams(_Section):
     label_smoothing: NonNegativeFraction = 0.1
     patience: PositiveInt = 5
     max_per_class: Annotated[int, Field(ge=1)] | None = None  # training images per class; evaluation stays whole
-    bn_recalibration_batches: Annotated[int, Field(ge=0, le=1000)] = 4
+    bn_recalibration_batches: Annotated[int, Field(ge=0, le=1000)] = 2
     checkpoint_interval: Annotated[float, Field(ge=0)] = 60.0
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
     triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
