@@ -7,7 +7,8 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-EPOCH_PARTS = ("fit", "recalibrate", "validate", "checkpoint")
+# "other" is the rest of the epoch (logging, reseeding, early-stopping bookkeeping), so the parts add up to it.
+EPOCH_PARTS = ("fit", "recalibrate", "validate", "checkpoint", "other")
 
 
 class StopWatch:
@@ -16,6 +17,7 @@ class StopWatch:
     def __init__(self) -> None:
         self.current: dict[str, float] = defaultdict(float)
         self.epochs: list[dict[str, float]] = []
+        self._epoch_start: tuple[float, float] | None = None
 
     @contextmanager
     def __call__(self, part: str) -> Iterator[None]:
@@ -26,8 +28,18 @@ class StopWatch:
             self.current[part] += time.perf_counter() - start
             self.current["cpu"] += time.process_time() - cpu
 
+    def start_epoch(self) -> None:
+        """Open an epoch: from here to ``end_epoch`` every second is booked, in a named part or as "other"."""
+        self._epoch_start = (time.perf_counter(), time.process_time())
+
     def end_epoch(self, images: int) -> None:
         """Close the current epoch, which trained on ``images`` images."""
+        if self._epoch_start is not None:
+            wall, cpu = time.perf_counter() - self._epoch_start[0], time.process_time() - self._epoch_start[1]
+            named = sum(self.current.get(part, 0.0) for part in EPOCH_PARTS)
+            self.current["other"] = max(wall - named, 0.0)
+            self.current["cpu"] = cpu
+            self._epoch_start = None
         self.epochs.append({**self.current, "images": images})
         self.current = defaultdict(float)
 

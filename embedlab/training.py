@@ -170,6 +170,7 @@ class Trainer:
         import keras
 
         train, trainer = self.train_params, run.models.trainer
+        self.clock.start_epoch()
         _reseed(trainer, train.seed, epoch)
         _reseed(run.augment, train.seed, epoch)
         order = run.data.epoch_order(epoch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -77,6 +78,18 @@ def test_stopwatch_rates_skip_the_first_epoch() -> None:
     assert clock.images_per_second(("fit",), skip=1) == 100.0
     assert clock.images_per_second() == round(200 / 12, 1)
     assert clock.cores_used(skip=1) == 2.0
+
+
+def test_stopwatch_books_the_untimed_rest_of_an_epoch_as_other() -> None:
+    clock = StopWatch()
+    clock.start_epoch()
+    with clock("fit"):
+        time.sleep(0.05)
+    time.sleep(0.1)  # logging, bookkeeping: in no named part
+    clock.end_epoch(10)
+    epoch = clock.epochs[0]
+    assert 0.05 <= epoch["fit"] < 0.1 and epoch["other"] >= 0.1
+    assert clock.images_per_second() == round(10 / (epoch["fit"] + epoch["other"]), 1)
 
 
 @pytest.mark.parametrize("level", ["3", "0"])
