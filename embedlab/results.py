@@ -69,6 +69,7 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
                 "knn_accuracy@5": retrieval.get("knn_accuracy@5"),
                 "linear_probe_accuracy": retrieval.get("linear_probe_accuracy"),
                 "test_accuracy": train.get("test_accuracy"),
+                "test_flip_averaged_accuracy": train.get("test_flip_averaged_accuracy"),
                 "train_images": train.get("train_images"),
                 "epochs": train.get("epochs_run"),
                 "train_minutes": round(train["wall_seconds"] / 60, 1) if "wall_seconds" in train else None,
@@ -78,7 +79,10 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     return rows
 
 
-SCORES = ("map@5", "precision@1", "map@r", "knn_accuracy@5", "linear_probe_accuracy", "test_accuracy")
+SCORES = (
+    "map@5", "precision@1", "map@r", "knn_accuracy@5", "linear_probe_accuracy", "test_accuracy",
+    "test_flip_averaged_accuracy",
+)  # fmt: skip
 
 
 def _cell(key: str, value: object) -> str:
@@ -93,7 +97,7 @@ def _cell(key: str, value: object) -> str:
 def markdown_table(results_dir: str | Path) -> str:
     """The README's results table."""
     headers = [
-        "model", "mAP@5", "P@1", "MAP@R", "kNN acc@5", "linear probe", "softmax test acc",
+        "model", "mAP@5", "P@1", "MAP@R", "kNN acc@5", "linear probe", "softmax test acc", "flip-averaged",
         "train images", "epochs", "train min", "img/s",
     ]  # fmt: skip
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

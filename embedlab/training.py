@@ -106,6 +106,8 @@ class Trainer:
         run.models.trainer.set_weights(run.best_weights)
         with self.clock("final_evaluation"):
             scores = {split: run.data.accuracy(run.models.trainer, split) for split in ("train", "val", "test")}
+            if self.augment.flip in ("horizontal", "horizontal_and_vertical"):  # trained on mirrors: score them too
+                scores["test_flip_averaged"] = run.data.flip_averaged_accuracy(run.models.trainer, "test")
         metrics = self._metrics(run, scores, wall=time.perf_counter() - started)
         return TrainResult(metrics, run.state.history, run.models.embedding, run.models.trainer)
 

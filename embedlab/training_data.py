@@ -74,6 +74,15 @@ class TrainingData:
             return float("nan")
         return trainer.evaluate(self.dataset(split), verbose=0, return_dict=True)["logits_accuracy"]
 
+    def flip_averaged_accuracy(self, trainer, split: str) -> float:
+        """The classifier head's accuracy with each image's logits averaged with its mirror image's (test-time flip
+        averaging, as airbench scores CIFAR-10): meaningful only for a model trained on mirrored images."""
+        images, labels = self.arrays[split]
+        if not len(labels):
+            return float("nan")
+        logits = [trainer.predict(self._make(x, labels), verbose=0)["logits"] for x in (images, images[:, :, ::-1])]
+        return float(np.mean(np.argmax(logits[0] + logits[1], axis=1) == labels))
+
     def _make(self, images: np.ndarray, labels: np.ndarray, augment=None):
         import tensorflow as tf
 

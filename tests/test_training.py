@@ -177,7 +177,7 @@ def test_stage_output_has_no_tensorflow_startup_noise(workdir: Path, reference: 
 
 
 def test_timings_say_where_the_epoch_time_goes(reference: dict) -> None:
-    parts = sum(reference[f"seconds_{part}"] for part in ("fit", "recalibrate", "validate", "checkpoint"))
+    parts = sum(reference[f"seconds_{part}"] for part in ("fit", "recalibrate", "validate", "checkpoint", "other"))
     assert 0 < reference["seconds_fit"] <= parts < reference["wall_seconds"]
     assert reference["seconds_checkpoint"] > 0  # checkpoint_interval 0: after every epoch but the last
     assert 0 < reference["epoch_images_per_second"] <= reference["train_images_per_second"]
@@ -252,3 +252,31 @@ def test_unknown_backbone_is_rejected() -> None:
     with pytest.raises(ParamsError, match=r"backbones\.alexnet: unknown name"):
         parse_params({"backbones": {"alexnet": None}})
     assert DataParams().image_size == 32
+
+
+def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
+    import keras
+
+    from embedlab.params import TrainParams
+    from embedlab.training_data import TrainingData
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (500, 4, 4, 3), dtype=np.uint8)
+    kernel = rng.normal(size=(48, 3)).astype("float32")  # a linear classifier on the pixels: mirrors score otherwise
+    inputs = keras.Input((4, 4, 3), dtype="uint8")
+    flat = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(3, use_bias=False)
+    model = keras.Model(inputs, {"logits": dense(flat)})
+    dense.set_weights([kernel])
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        return (x.astype("float32") / 255).reshape(len(x), -1) @ kernel
+
+    averaged = np.argmax(logits(images) + logits(images[:, :, ::-1]), axis=1)
+    labels = np.where(np.arange(500) < 300, averaged, rng.integers(0, 3, 500))  # 300 agree with the answer
+    expected = np.mean(averaged == labels)
+    data = TrainingData({"test": (images, labels)}, 3, 4, [], TrainParams())
+    # the test can tell the left-right mirror from no mirror and from an upside-down one
+    for other in (images, images[:, ::-1]):
+        assert expected != np.mean(np.argmax(logits(images) + logits(other), axis=1) == labels)
+    assert data.flip_averaged_accuracy(model, "test") == pytest.approx(expected)
