@@ -52,6 +52,10 @@ class EmbeddingSet:
         """Row indices of one split (train, val or test)."""
         return np.flatnonzero(self.splits == name)
 
+    def rows(self, splits: str) -> np.ndarray:
+        """Row indices of ``"all"`` or of splits joined by ``+`` (``"train+val"``): how galleries are named."""
+        return np.arange(len(self.ids)) if splits == "all" else np.flatnonzero(np.isin(self.splits, splits.split("+")))
+
     def save(self, path: str | Path) -> None:
         """Write the file format of this module's docstring (reproducible bytes, see :func:`write_npz`)."""
         write_npz(

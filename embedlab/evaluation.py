@@ -22,13 +22,9 @@ from embedlab.search import build_index
 
 def gallery_rows(emb: EmbeddingSet, gallery: Literal["train", "train+val"]) -> np.ndarray:
     """Rows of the gallery that ``evaluate.gallery`` names."""
-    match gallery:
-        case "train":
-            return emb.split("train")
-        case "train+val":
-            return np.flatnonzero(np.isin(emb.splits, ["train", "val"]))
-        case other:
-            raise ValueError(f"unknown evaluate.gallery {other!r}")
+    if gallery not in ("train", "train+val"):
+        raise ValueError(f"unknown evaluate.gallery {gallery!r}")
+    return emb.rows(gallery)
 
 
 def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str, float], RetrievalReport]:

@@ -107,7 +107,7 @@ class Gallery:
         faiss_params: FaissParams | None = None,
     ) -> None:
         emb = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)))
-        rows = np.arange(len(emb.ids)) if splits == "all" else np.flatnonzero(np.isin(emb.splits, splits.split("+")))
+        rows = emb.rows(splits)
         self.model, self.metric, self.splits = model, metric, splits
         self.all = emb
         self.row_of = {image_id: row for row, image_id in enumerate(emb.ids)}

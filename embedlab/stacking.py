@@ -38,7 +38,7 @@ from embedlab.errors import UserError
 from embedlab.fsutil import write_npz
 from embedlab.params import StackParams
 from embedlab.probe import linear_probe_accuracy
-from embedlab.retrieval_metrics import average_precision_at_k
+from embedlab.retrieval_metrics import average_precision_at_k, relevant_counts
 
 Method = Literal["select", "concat", "pca", "weighted", "mlp"]
 
@@ -163,7 +163,10 @@ def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, *, labels:
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable"), 1)
     relevant = labels[order] == labels[query_rows][:, None]
-    num_relevant = np.bincount(labels, minlength=labels.max() + 1)[labels[query_rows]] - 1
+    everyone = np.arange(len(labels))  # the gallery is every row, the queries among them
+    num_relevant = relevant_counts(
+        labels[query_rows], labels, int(labels.max()) + 1, query_ids=query_rows, gallery_ids=everyone
+    )
     return float(average_precision_at_k(relevant, num_relevant, k).mean())
 
 
