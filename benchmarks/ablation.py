@@ -31,6 +31,7 @@ VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("logit scale 4", {"logit_scale": 4.0}, {}, {}),
     ("logit scale 16", {"logit_scale": 16.0}, {}, {}),
     ("patch-whitening stem", {"whiten_stem": True}, {}, {}),
+    ("identity-initialised blocks", {"identity_init": True}, {}, {}),
     ("batch 256", {}, {"batch_size": 256}, {}),
     ("batch 1024", {}, {"batch_size": 1024}, {}),
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import ops
 
 from embedlab.errors import UserError
@@ -72,6 +73,20 @@ def build_smallnet(side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed
         x = keras.layers.Activation("gelu", name=f"block{b}_gelu2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     return keras.Model(inputs, x, name="smallnet")
+
+
+def identity_init(backbone: keras.Model) -> None:
+    """airbench's partial Dirac initialisation (``model.identity_init``): in every 3x3 block convolution of
+    smallnet the first ``min(in, out)`` filters start as the identity, passing their input channel through; the
+    others keep their He init. The deep network then starts as a near copy of its stem's features, so the first
+    steps train every layer instead of pushing noise through random ones."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith("block"):
+            kernel = np.array(layer.kernel)
+            centre, count = kernel.shape[0] // 2, min(kernel.shape[2], kernel.shape[3])
+            kernel[:, :, :, :count] = 0.0
+            kernel[centre, centre, np.arange(count), np.arange(count)] = 1.0
+            layer.kernel.assign(kernel)
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -64,7 +64,9 @@ class AugmentParams(_Section):
 
 
 NO_IMAGENET_WEIGHTS = {"smallnet"}  # built for training from scratch
-WHITENING_STEM = {"smallnet"}  # backbones with a patch-whitening stem (model.whiten_stem)
+# backbones with smallnet's initialisation options: a patch-whitening stem (model.whiten_stem) and identity-initialised
+# block convolutions (model.identity_init)
+SMALLNET_INITS = {"smallnet"}
 BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -78,6 +80,7 @@ class ModelParams(_Section):
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
     logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0  # unit embedding x this before the classifier
     whiten_stem: bool = False  # smallnet: initialise the stem from the training patches' whitening (whitening.py)
+    identity_init: bool = False  # smallnet: each block convolution's first filters start as the identity
 
 
 class TrainParams(_Section):
@@ -124,6 +127,7 @@ class BackboneOverrides(_Section):
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
     logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None
     whiten_stem: bool | None = None
+    identity_init: bool | None = None
     epochs: PositiveInt | None = None
     warmup_epochs: Annotated[int, Field(ge=0)] | None = None
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None

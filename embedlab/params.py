@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from embedlab.param_sections import (  # the sections, re-exported: callers import every params type from here
     NO_IMAGENET_WEIGHTS,
-    WHITENING_STEM,
+    SMALLNET_INITS,
     AugmentParams,
     BackboneName,
     BackboneOverrides,
@@ -107,12 +107,13 @@ class Params(_Section):
             )
         except ValidationError as err:
             raise ParamsError(_format_error(err, prefix=f"backbones.{name}")) from None
-        if model.whiten_stem and name not in WHITENING_STEM:
-            where = "backbones.{name}.whiten_stem" if "whiten_stem" in overrides else "model.whiten_stem"
-            raise ParamsError(
-                f"params.yaml: {where.format(name=name)}: {name} has no whitening stem; only "
-                f"{', '.join(sorted(WHITENING_STEM))} has (set it under backbones.smallnet)"
-            )
+        for key, what in (("whiten_stem", "whitening stem"), ("identity_init", "identity-initialised blocks")):
+            if getattr(model, key) and name not in SMALLNET_INITS:
+                where = f"backbones.{name}.{key}" if key in overrides else f"model.{key}"
+                raise ParamsError(
+                    f"params.yaml: {where}: {name} has no {what}; only {', '.join(sorted(SMALLNET_INITS))} has "
+                    "(set it under backbones.smallnet)"
+                )
         if name in NO_IMAGENET_WEIGHTS and model.weights == "imagenet":
             where = "backbones.{name}.weights" if "weights" in overrides else "model.weights"
             raise ParamsError(

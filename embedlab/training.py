@@ -143,10 +143,15 @@ class Trainer:
                 probe_head=train.loss == "triplet",
                 logit_scale=model_params.logit_scale,
             )
-        if model_params.whiten_stem:  # a resumed run overwrites it with the checkpoint's weights
+        # A resumed run overwrites these first weights with the checkpoint's.
+        if model_params.whiten_stem:
             from embedlab.whitening import whiten_stem
 
             whiten_stem(models.embedding, models.backbone, data.arrays["train"][0], seed=train.seed)
+        if model_params.identity_init:
+            from embedlab.models import identity_init
+
+            identity_init(models.backbone)
         best = self.checkpoints.best_weights(state) if state.best_file else None
         augment = build_augmentation(self.augment, seed=train.seed)
         return _Run(models, strategy, policy, augment, data, state, self._open_live(state), best)

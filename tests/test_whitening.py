@@ -1,4 +1,5 @@
-"""smallnet's patch-whitening stem (model.whiten_stem)."""
+"""smallnet's initialisation options: the patch-whitening stem (model.whiten_stem) and identity-initialised blocks
+(model.identity_init)."""
 
 from __future__ import annotations
 
@@ -50,15 +51,34 @@ def test_whiten_stem_sets_the_kernel_from_what_the_stem_sees() -> None:
     assert not np.asarray(stem.bias).any()
 
 
+def test_identity_init_passes_each_block_input_through_its_first_filters() -> None:
+    from embedlab.models import build_models, identity_init
+
+    models = build_models("smallnet", 16, 3, embedding_dim=8)
+    identity_init(models.backbone)
+    rng = np.random.default_rng(2)
+    for name in ("block1_conv1", "block2_conv1", "block3_conv2"):  # 24 -> 64, 64 -> 256, 256 -> 256
+        conv = models.backbone.get_layer(name)
+        kernel = np.asarray(conv.kernel)
+        channels_in, channels_out = kernel.shape[2:]
+        x = rng.normal(size=(1, 6, 6, channels_in)).astype(np.float32)
+        y = np.asarray(conv(x))
+        np.testing.assert_allclose(y[..., :channels_in], x, atol=1e-6)  # identity on the first filters
+        if channels_out > channels_in:  # the rest keep their random init
+            assert np.abs(kernel[..., channels_in:]).std() > 0.01
+
+
 @pytest.mark.parametrize(
     ("raw", "start"),
     [
         ({"model": {"whiten_stem": True}}, "params.yaml: model.whiten_stem: densenet121 has no whitening stem"),
         ({"backbones": {"vgg16": {"whiten_stem": True}}}, "params.yaml: backbones.vgg16.whiten_stem: vgg16 has no"),
+        ({"model": {"identity_init": True}}, "params.yaml: model.identity_init: densenet121 has no identity-init"),
+        ({"backbones": {"vgg16": {"identity_init": True}}}, "params.yaml: backbones.vgg16.identity_init: vgg16 "),
     ],
 )
-def test_whitening_a_backbone_without_the_stem_is_one_line_naming_the_key(raw: dict, start: str) -> None:
+def test_a_smallnet_init_on_another_backbone_is_one_line_naming_the_key(raw: dict, start: str) -> None:
     with pytest.raises(ParamsError, match="^" + re.escape(start)) as caught:
         parse_params(raw)
     assert "\n" not in str(caught.value)
-    parse_params({"backbones": {"smallnet": {"whiten_stem": True}}})  # where it belongs: accepted
+    parse_params({"backbones": {"smallnet": {"whiten_stem": True, "identity_init": True}}})  # where they belong
