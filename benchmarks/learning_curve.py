@@ -78,6 +78,7 @@ def train_and_score(
         "map@5": metrics["map@5"],
         "precision@1": metrics["precision@1"],
         "test_accuracy": result.metrics["test_accuracy"],
+        "test_flip_averaged_accuracy": result.metrics.get("test_flip_averaged_accuracy"),
     }
 
 
