@@ -1,6 +1,6 @@
 """Training images/s per backbone: plain Keras, the train stage's own loop, and the machine's roofline.
 
-    python benchmarks/train_throughput.py                          # the table in the README (~35 min on 2 cores)
+    python benchmarks/train_throughput.py                          # the table in the README (~25 min on 2 cores)
     python benchmarks/train_throughput.py --backbones resnet50 --epochs 2 --no-stage   # a quick look
     python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline
 
