@@ -280,3 +280,17 @@ def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
     for other in (images, images[:, ::-1]):
         assert expected != np.mean(np.argmax(logits(images) + logits(other), axis=1) == labels)
     assert data.flip_averaged_accuracy(model, "test") == pytest.approx(expected)
+
+
+def test_identity_init_reaches_the_model_the_train_stage_trains(workdir: Path, tmp_path: Path) -> None:
+    from embedlab.training import Trainer
+
+    smallnet = {"identity_init": True, "epochs": 1, "optimizer": "sgd", "lr": 1e-9, "dropout": 0.0}
+    params = parse_params({**TINY, "backbones": {"smallnet": smallnet}})
+    model_params, train_params = params.for_backbone("smallnet")
+    result = Trainer(
+        "smallnet", model_params, train_params, params.augment, prepared_dir=workdir / "data" / "prepared",
+        work_dir=tmp_path / "work", live_dir=tmp_path / "live",
+    ).run()  # fmt: skip
+    conv = result.embedding.get_layer("smallnet_backbone").get_layer("block2_conv1")  # 64 -> 256 channels
+    np.testing.assert_allclose(np.asarray(conv.kernel)[1, 1, :, :64], np.eye(64), atol=1e-4)  # lr 1e-9: as set
