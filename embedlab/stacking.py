@@ -155,18 +155,17 @@ SELECT_MAX_QUERIES = 2000  # validation queries scored per candidate (all valida
 SELECT_MAX_PASSES = 10
 
 
-def leave_one_out_map(similarity: np.ndarray, query_rows: np.ndarray, *, labels: np.ndarray, k: int) -> float:
-    """mAP@k of ``query_rows`` (rows of ``similarity``) against every validation image but the query itself."""
+def leave_one_out_map(
+    similarity: np.ndarray, query_rows: np.ndarray, *, labels: np.ndarray, num_relevant: np.ndarray, k: int
+) -> float:
+    """mAP@k of ``query_rows`` (rows of ``similarity``) against every validation image but the query itself;
+    ``num_relevant`` is each query's R, the same for every weighting tried, so the caller counts it once."""
     sims = similarity.copy()
     sims[np.arange(len(query_rows)), query_rows] = -np.inf
     k = min(k, sims.shape[1] - 1)
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     order = np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable"), 1)
     relevant = labels[order] == labels[query_rows][:, None]
-    everyone = np.arange(len(labels))  # the gallery is every row, the queries among them
-    num_relevant = relevant_counts(
-        labels[query_rows], labels, int(labels.max()) + 1, query_ids=query_rows, gallery_ids=everyone
-    )
     return float(average_precision_at_k(relevant, num_relevant, k).mean())
 
 
@@ -176,10 +175,14 @@ def _fit_select(
     rng = np.random.default_rng(params.seed)
     queries = np.sort(rng.permutation(len(labels))[:SELECT_MAX_QUERIES])
     grams = [np.asarray(b[queries], np.float32) @ np.asarray(b, np.float32).T for b in blocks]
+    everyone = np.arange(len(labels))  # the gallery is every validation row, the queries among them
+    num_relevant = relevant_counts(
+        labels[queries], labels, int(labels.max()) + 1, query_ids=queries, gallery_ids=everyone
+    )
 
     def score(weights: np.ndarray) -> float:
         combined = sum(w * g for w, g in zip(weights, grams, strict=True) if w)
-        return leave_one_out_map(combined, queries, labels=labels, k=params.select_k)
+        return leave_one_out_map(combined, queries, labels=labels, num_relevant=num_relevant, k=params.select_k)
 
     singles = [score(np.eye(len(blocks))[b]) for b in range(len(blocks))]
     best = int(np.argmax(singles))
