@@ -10,6 +10,9 @@ import numpy as np
 from embedlab.errors import UserError
 from embedlab.params import TrainParams
 
+# Scoring batches hold up to this many images (or one training batch, when that is larger).
+EVAL_BATCH_IMAGES = 512
+
 
 @dataclass
 class TrainingData:
@@ -21,6 +24,7 @@ class TrainingData:
     stamp: list[str]  # the prepared index and info: a checkpoint is valid only for the same data
     train: TrainParams
     _datasets: dict[str, object] = field(default_factory=dict)
+    _train_pipeline: tuple | None = None  # ((augment id, order length), order variable, dataset): train_dataset
 
     @classmethod
     def load(cls, prepared_dir: Path, train: TrainParams) -> TrainingData:
@@ -58,9 +62,29 @@ class TrainingData:
         return self.arrays["train"][0][order[: batches * self.train.batch_size]]
 
     def train_dataset(self, order: np.ndarray, augment):
-        """One epoch of training batches in ``order``, augmented on the fly."""
-        images, labels = self.arrays["train"]
-        return self._make(images[order], labels[order], augment)
+        """One epoch of training batches in ``order``, augmented on the fly.
+
+        The pipeline is built once per ``augment`` and order length, and reads the order from a variable set here:
+        building it anew each epoch traced the augmentation again, which cost 2-3 % of a digits epoch. Its number of
+        batches stays known to Keras (a softmax run's order always has the same length; a triplet run's, with its
+        class-balanced batches, too)."""
+        import tensorflow as tf
+
+        key = (id(augment), len(order))
+        if self._train_pipeline is None or self._train_pipeline[0] != key:
+            images, targets = tf.constant(self.arrays["train"][0]), self._targets(self.arrays["train"][1])
+            rows = tf.Variable(np.zeros(len(order), "int64"), trainable=False)
+            size, batch = len(order), self.train.batch_size
+
+            def gather(start):
+                batch_rows = rows[start : tf.minimum(start + batch, size)]
+                return tf.gather(images, batch_rows), tf.nest.map_structure(lambda t: tf.gather(t, batch_rows), targets)
+
+            batches = tf.data.Dataset.range(0, size, batch).map(gather)
+            self._train_pipeline = (key, rows, self._finish(batches, augment))
+        _, rows, pipeline = self._train_pipeline
+        rows.assign(order.astype("int64"))
+        return pipeline
 
     def dataset(self, split: str):
         """The whole split, unaugmented, in its stored order (built once)."""
@@ -83,17 +107,30 @@ class TrainingData:
         logits = [trainer.predict(self._make(x, labels), verbose=0)["logits"] for x in (images, images[:, :, ::-1])]
         return float(np.mean(np.argmax(logits[0] + logits[1], axis=1) == labels))
 
-    def _make(self, images: np.ndarray, labels: np.ndarray, augment=None):
+    def _targets(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """What the trainer's two outputs are scored against: one-hot labels (softmax) and class ids (triplet)."""
+        return {"logits": np.eye(self.num_classes, dtype="float32")[labels], "embedding": labels.astype("int32")}
+
+    def _make(self, images: np.ndarray, labels: np.ndarray):
+        """Unaugmented batches of ``images``, in order, for scoring: up to 4 training batches at once (fewer, faster
+        forward passes), capped at ``EVAL_BATCH_IMAGES``."""
         import tensorflow as tf
 
-        onehot = np.eye(self.num_classes, dtype="float32")[labels]
-        ds = tf.data.Dataset.from_tensor_slices((images, {"logits": onehot, "embedding": labels.astype("int32")}))
-        ds = ds.batch(self.train.batch_size, drop_remainder=False)
+        batch = max(self.train.batch_size, min(4 * self.train.batch_size, EVAL_BATCH_IMAGES))
+        return self._finish(tf.data.Dataset.from_tensor_slices((images, self._targets(labels))).batch(batch))
+
+    @staticmethod
+    def _finish(ds, augment=None):
+        """Augment each batch on the fly (training only), and prefetch."""
+        import tensorflow as tf
+
         if augment is not None and len(augment.layers):
 
             def apply(x, y):
                 pixels = augment(tf.cast(x, "float32"), training=True)
                 return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), "uint8"), y
 
-            ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            # One batch at a time: the random layers draw their seeds from shared state variables, and parallel
+            # calls would race for them, handing a batch another batch's draws whenever tf.data chose to run ahead.
+            ds = ds.map(apply)
         return ds.prefetch(tf.data.AUTOTUNE)

@@ -294,3 +294,38 @@ def test_identity_init_reaches_the_model_the_train_stage_trains(workdir: Path, t
     ).run()  # fmt: skip
     conv = result.embedding.get_layer("smallnet_backbone").get_layer("block2_conv1")  # 64 -> 256 channels
     np.testing.assert_allclose(np.asarray(conv.kernel)[1, 1, :, :64], np.eye(64), atol=1e-4)  # lr 1e-9: as set
+
+
+def test_one_training_pipeline_serves_every_epochs_order() -> None:
+    from embedlab.params import TrainParams
+    from embedlab.training_data import TrainingData
+
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # image i is all i
+    labels = np.arange(10) % 3
+    data = TrainingData({"train": (images, labels)}, 3, 2, [], TrainParams(batch_size=4))
+    pipelines = []
+    # two shuffles, then an order of another length (a triplet loss's class-balanced order repeats images)
+    for order in (*(np.random.default_rng(epoch).permutation(10) for epoch in range(2)), np.arange(12) % 7):
+        pipelines.append(data.train_dataset(order, None))
+        batches = list(pipelines[-1].as_numpy_iterator())
+        assert [len(x) for x, _ in batches] == [4, 4, len(order) - 8]
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), images[order])
+        np.testing.assert_array_equal(np.concatenate([y["embedding"] for _, y in batches]), labels[order])
+    assert pipelines[0] is pipelines[1]  # built (and its augmentation traced) once per order length
+
+
+def test_an_epochs_augmentation_depends_only_on_its_seed() -> None:
+    from embedlab.augment import build_augmentation
+    from embedlab.params import AugmentParams, TrainParams
+    from embedlab.training import _reseed
+    from embedlab.training_data import TrainingData
+
+    images = np.random.default_rng(0).integers(0, 256, (1024, 8, 8, 3), dtype=np.uint8)
+    data = TrainingData({"train": (images, np.arange(1024) % 4)}, 4, 8, [], TrainParams(batch_size=8))
+    augment = build_augmentation(AugmentParams(flip="horizontal", rotation=0.1, shift=0.2), seed=1)
+    epochs = []
+    for _ in range(2):  # read as fast as tf.data can make batches: parallel augmentation would race here
+        _reseed(augment, 1, 0)
+        epochs.append(np.concatenate([x for x, _ in data.train_dataset(np.arange(1024), augment).as_numpy_iterator()]))
+    assert not np.array_equal(epochs[0], images)
+    np.testing.assert_array_equal(epochs[0], epochs[1])
