@@ -73,17 +73,20 @@ def main() -> None:
             f"| {row['model']} | {plain['map@5']:.4f} | {flip['map@5']:.4f} | {flip['map@5'] - plain['map@5']:+.4f} "
             f"| {plain['precision@1']:.4f} | {flip['precision@1']:.4f} | {row['embed_seconds_per_pass']} |"
         )
+    for row in rows:
         if "flip_translate" in row:
+            translated = row["flip_translate"]
             print(
-                f"|   flips + 1 px translations: mAP@5 {row['flip_translate']['map@5']:.4f}, "
-                f"P@1 {row['flip_translate']['precision@1']:.4f} |"
+                f"{row['model']}, flips + 1 px translations: mAP@5 {translated['map@5']:.4f}, "
+                f"P@1 {translated['precision@1']:.4f}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu_description(), "rows": rows}, indent=2) + "\n")
 
 
 def shifted(images: np.ndarray, step: int, mirror: bool) -> np.ndarray:
-    """``images`` (optionally mirrored) moved ``step`` pixels down and right, the edge filled by reflection."""
+    """``images`` (optionally mirrored) moved one pixel down and right (``step`` 1) or up and left (-1), the edge
+    filled by reflection."""
     source = np.asarray(images)[:, :, ::-1] if mirror else np.asarray(images)
     padded = np.pad(source, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     side_y, side_x = source.shape[1:3]
