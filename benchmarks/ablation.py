@@ -1,6 +1,10 @@
 """What each recipe choice buys: smallnet retrained with one param changed at a time, scored on the full test set.
 
     python benchmarks/ablation.py --run ../cifar-run --out benchmarks/results/ablation_cifar10.json
+    python benchmarks/ablation.py --run ../cifar-airbench-run --variants airbench --per-class 4500 --epochs 10 ...
+
+``--variants recipe`` (the default) changes one choice of the plain recipe; ``--variants airbench`` removes one of
+airbench's choices at a time from a run whose params use them all (results/cifar10-airbench/params.yaml).
 
 A reduced budget (``--per-class`` training images per class, ``--epochs``) keeps each point to a few minutes on
 2 cores; every row is trained and scored exactly like ``benchmarks/learning_curve.py`` (all 10,000 test queries
@@ -35,6 +39,16 @@ VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("batch 256", {}, {"batch_size": 256}, {}),
     ("batch 1024", {}, {"batch_size": 1024}, {}),
 ]
+# Each removes one of airbench's choices from a recipe that has them all.
+AIRBENCH_VARIANTS: list[tuple[str, dict, dict, dict]] = [
+    ("airbench recipe (baseline)", {}, {}, {}),
+    ("random flip instead of alternating", {}, {}, {"alternate_flip": False}),
+    ("sub-pixel (bilinear) shifts instead of whole pixels", {}, {}, {"shift_interpolation": "bilinear"}),
+    ("no lookahead", {}, {"lookahead": False}, {}),
+    ("BatchNorm shifts at 1x the lr", {}, {"bn_bias_lr_scale": 1.0}, {}),
+    ("BatchNorm with a learned scale, shifts at 1x", {"bn_scale": True}, {"bn_bias_lr_scale": 1.0}, {}),
+    ("momentum 0.9 instead of 0.85", {}, {"momentum": 0.9}, {}),
+]
 
 
 def main() -> None:
@@ -45,11 +59,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation_cifar10.json"))
     parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
+    parser.add_argument("--variants", choices=("recipe", "airbench"), default="recipe")
     args = parser.parse_args()
 
     cpu = cpu_description()
     report = {"cpu": cpu, "backbone": args.backbone, "per_class": args.per_class, "epochs": args.epochs, "rows": []}
-    for name, model, train, augment in VARIANTS:
+    for name, model, train, augment in VARIANTS if args.variants == "recipe" else AIRBENCH_VARIANTS:
         if args.only and name not in args.only:
             continue
         row = train_and_score(args.run, args.backbone, args.per_class, args.epochs, None, train, augment, model)

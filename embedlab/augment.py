@@ -14,14 +14,18 @@ def build_augmentation(params: AugmentParams, seed: int = 0):  # -> keras.Sequen
     import keras
 
     layers: list[keras.Layer] = []
-    if params.flip != "none":
+    if params.flip != "none" and not params.alternate_flip:  # alternating flips happen in the training data
         layers.append(keras.layers.RandomFlip(params.flip, seed=seed))
     if params.rotation:
         layers.append(keras.layers.RandomRotation(params.rotation, fill_mode="reflect", seed=seed + 1))
     if params.zoom:
         layers.append(keras.layers.RandomZoom(params.zoom, fill_mode="reflect", seed=seed + 2))
     if params.shift:
-        layers.append(keras.layers.RandomTranslation(params.shift, params.shift, fill_mode="reflect", seed=seed + 3))
+        layers.append(
+            keras.layers.RandomTranslation(
+                params.shift, params.shift, fill_mode="reflect", interpolation=params.shift_interpolation, seed=seed + 3
+            )
+        )
     if params.shear:
         layers.append(keras.layers.RandomShear(params.shear, params.shear, fill_mode="reflect", seed=seed + 4))
     if params.contrast:

@@ -43,7 +43,9 @@ BACKBONES: dict[str, Backbone] = {
 SMALLNET_WIDTHS = (64, 256, 256)
 
 
-def build_smallnet(side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0) -> keras.Model:
+def build_smallnet(
+    side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0, bn_scale: bool = True
+) -> keras.Model:
     """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
     a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool ->
     BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.
@@ -51,6 +53,8 @@ def build_smallnet(side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed
     Why: ImageNet backbones spend most of their depth below 8x8 pixels on a 32 px input; this one keeps its
     compute at 16x16 and 8x8, where small images carry their information. Three 2x downsamplings suit 32-64 px
     inputs; each block halves the side, so the input must be at least 2 ** len(widths) + 1 pixels.
+    ``bn_scale=False`` (``model.bn_scale``) drops BatchNorm's learned scale, as airbench does: each normalised
+    output keeps unit variance and only its shift learns.
     """
     inputs = keras.Input((side, side, 3), name="pixels")
 
@@ -66,10 +70,10 @@ def build_smallnet(side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed
     for b, width in enumerate(widths, start=1):
         x = conv(width, 3, f"block{b}_conv1")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"block{b}_bn1")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, scale=bn_scale, name=f"block{b}_bn1")(x)
         x = keras.layers.Activation("gelu", name=f"block{b}_gelu1")(x)
         x = conv(width, 3, f"block{b}_conv2")(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5, name=f"block{b}_bn2")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, scale=bn_scale, name=f"block{b}_bn2")(x)
         x = keras.layers.Activation("gelu", name=f"block{b}_gelu2")(x)
     x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     return keras.Model(inputs, x, name="smallnet")
@@ -153,13 +157,13 @@ def keras_weights_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def _build_backbone(name: str, weights: str | None, side: int) -> keras.Model:
+def _build_backbone(name: str, weights: str | None, side: int, bn_scale: bool) -> keras.Model:
     """Instantiate the Keras application; an offline ImageNet download fails with the file and folder to fix it."""
     spec = BACKBONES[name]
     if spec.build == "SmallNet":
         if weights == "imagenet":
             raise UserError(f"model.weights=imagenet: {name} has no ImageNet weights; use null or a .weights.h5 path")
-        return build_smallnet(side)
+        return build_smallnet(side, bn_scale=bn_scale)
     application = getattr(keras.applications, spec.build)
     keras_weights = "imagenet" if weights == "imagenet" else None
     try:
@@ -209,6 +213,7 @@ def build_models(
     bn_momentum: float | None = None,
     probe_head: bool = False,
     logit_scale: float = 1.0,
+    bn_scale: bool = True,
 ) -> Models:
     """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head."""
     if name not in BACKBONES:
@@ -220,7 +225,7 @@ def build_models(
     if side != image_size:
         x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
-    backbone = _build_backbone(name, weights, side)
+    backbone = _build_backbone(name, weights, side, bn_scale)
     backbone.name = f"{name}_backbone"
     if weights is None and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers):
         _he_init(backbone)

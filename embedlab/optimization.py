@@ -68,16 +68,27 @@ def _schedule(train: TrainParams, peak: float, total_steps: int):
     return PhaseSchedule()
 
 
-def make_optimizer(train: TrainParams, lr: float, total_steps: int):
+def make_optimizer(train: TrainParams, lr: float, total_steps: int, shift_paths: frozenset[str] = frozenset()):
     """The optimizer ``train.optimizer`` names, with the phase's lr schedule and ``train.weight_decay`` (decoupled,
-    as Keras applies it; 0 turns it off for every optimizer). SGD is Nesterov with momentum 0.9."""
+    as Keras applies it; 0 turns it off for every optimizer). SGD is Nesterov with ``train.momentum``; the variables
+    in ``shift_paths`` (BatchNorm shifts) step with ``train.bn_bias_lr_scale`` times the lr."""
     import keras
 
     rate = _schedule(train, lr, total_steps)
     decay = train.weight_decay or None
     match train.optimizer:
         case "sgd":
-            return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
+            if train.bn_bias_lr_scale != 1.0 and shift_paths:
+                scaled = _scaled_shift_sgd_class()
+                return scaled(
+                    rate,
+                    momentum=train.momentum,
+                    nesterov=True,
+                    weight_decay=decay,
+                    shift_paths=shift_paths,
+                    shift_lr_scale=train.bn_bias_lr_scale,
+                )
+            return keras.optimizers.SGD(rate, momentum=train.momentum, nesterov=True, weight_decay=decay)
         case "rmsprop":
             return keras.optimizers.RMSprop(rate, weight_decay=decay)
         case "adamw":
@@ -86,6 +97,89 @@ def make_optimizer(train: TrainParams, lr: float, total_steps: int):
             return keras.optimizers.Adam(rate, weight_decay=decay)
         case other:
             raise ValueError(f"unknown train.optimizer {other!r}")
+
+
+def batchnorm_shift_paths(model) -> frozenset[str]:
+    """The paths of the model's trainable BatchNorm shift (beta) variables: what ``train.bn_bias_lr_scale`` scales."""
+    import keras
+
+    return frozenset(
+        layer.beta.path
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.center and layer.trainable
+    )
+
+
+def _scaled_shift_sgd_class():
+    """The SGD subclass, defined on first use: this module imports keras lazily."""
+    import keras
+
+    class ScaledShiftSGD(keras.optimizers.SGD):
+        """Nesterov SGD whose BatchNorm shifts step ``shift_lr_scale`` times faster (airbench's bias scaler): with
+        BatchNorm's scale frozen (``model.bn_scale: false``) the shift is what moves each unit's threshold, and at the
+        weights' lr it barely moves in a short run. Weight decay is unchanged (Keras decouples it from this lr)."""
+
+        def __init__(self, *args, shift_paths: frozenset[str], shift_lr_scale: float, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.shift_paths, self.shift_lr_scale = shift_paths, shift_lr_scale
+            self._scaled_keys: set[str] = set()
+
+        def build(self, variables) -> None:
+            super().build(variables)
+            self._scaled_keys = {self._var_key(v) for v in variables if v.path in self.shift_paths}
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self._var_key(variable) in self._scaled_keys:
+                learning_rate = learning_rate * self.shift_lr_scale
+            return super().update_step(gradient, variable, learning_rate)
+
+    return ScaledShiftSGD
+
+
+# Lookahead (airbench's weight averaging): from this share of a phase's steps on, every LOOKAHEAD_EVERY steps the
+# averaged weights move towards the live ones by 1 - rho and the live weights are reset to them, with
+# rho = LOOKAHEAD_DECAY ** LOOKAHEAD_EVERY * (step / total) ** LOOKAHEAD_POWER: free movement early, strong
+# averaging as the lr falls.
+LOOKAHEAD_START = 0.3
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_DECAY = 0.95
+LOOKAHEAD_POWER = 3.0
+
+
+def lookahead_callback(variables, total_steps: int):
+    """A Keras callback applying lookahead to ``variables`` during ``fit``.
+
+    At the end of every ``fit`` (one epoch) the live weights are set to the average, so at an epoch boundary the two
+    are equal: a checkpoint of the model holds the whole state, and a resumed run averages exactly as an
+    uninterrupted one."""
+    import keras
+    import numpy as np
+
+    start = int(LOOKAHEAD_START * total_steps)
+
+    class Lookahead(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None) -> None:
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.average = [np.array(keras.ops.convert_to_numpy(v)) for v in variables] if step > start else None
+
+        def on_train_batch_end(self, batch, logs=None) -> None:
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            if step <= start or step % LOOKAHEAD_EVERY:
+                return
+            if self.average is None:
+                self.average = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
+                return
+            rho = LOOKAHEAD_DECAY**LOOKAHEAD_EVERY * (step / total_steps) ** LOOKAHEAD_POWER
+            for average, variable in zip(self.average, variables, strict=True):
+                average += (1.0 - rho) * (keras.ops.convert_to_numpy(variable) - average)
+                variable.assign(average)
+
+        def on_train_end(self, logs=None) -> None:
+            if self.average is not None:
+                for average, variable in zip(self.average, variables, strict=True):
+                    variable.assign(average)
+
+    return Lookahead()
 
 
 def compile_trainer(trainer, train: TrainParams, optimizer) -> None:

@@ -61,11 +61,24 @@ class AugmentParams(_Section):
     shift: NonNegativeFraction = 0.0
     shear: NonNegativeFraction = 0.0
     contrast: NonNegativeFraction = 0.0
+    # bilinear: sub-pixel shifts (resampled, slightly blurred); nearest: whole-pixel shifts, as a random crop of a
+    # reflect-padded image (airbench's translation)
+    shift_interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    # airbench's derandomised flip: each image mirrored (or not) by a seeded coin in epoch 0, all flipped the other
+    # way every odd epoch, so consecutive epochs always show both sides
+    alternate_flip: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentParams:
+        if self.alternate_flip and self.flip != "horizontal":
+            raise ValueError(f"alternate_flip: needs augment.flip horizontal (got {self.flip!r})")
+        return self
 
 
 NO_IMAGENET_WEIGHTS = {"smallnet"}  # built for training from scratch
-# backbones with smallnet's initialisation options: a patch-whitening stem (model.whiten_stem) and identity-initialised
-# block convolutions (model.identity_init)
+# backbones with smallnet's options: a patch-whitening stem (model.whiten_stem) that may be frozen
+# (model.freeze_stem), identity-initialised block convolutions (model.identity_init) and BatchNorm without a learned
+# scale (model.bn_scale)
 SMALLNET_INITS = {"smallnet"}
 BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -81,6 +94,8 @@ class ModelParams(_Section):
     logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0  # unit embedding x this before the classifier
     whiten_stem: bool = False  # smallnet: initialise the stem from the training patches' whitening (whitening.py)
     identity_init: bool = False  # smallnet: each block convolution's first filters start as the identity
+    bn_scale: bool = True  # smallnet: false = BatchNorm without a learned scale (airbench's; shift only)
+    freeze_stem: bool = False  # smallnet: the stem's kernel (e.g. its whitening) does not train; its bias does
 
 
 class TrainParams(_Section):
@@ -95,6 +110,9 @@ class TrainParams(_Section):
     lr_schedule: Literal["constant", "triangular", "cosine"] = "constant"
     lr_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of a phase's steps spent rising to train.lr
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: NonNegativeFraction = 0.9  # sgd: Nesterov momentum
+    bn_bias_lr_scale: Annotated[float, Field(ge=1, le=1000)] = 1.0  # sgd: lr multiplier of BatchNorm shifts
+    lookahead: bool = False  # weight averaging every 5 steps over the last 70 % of each phase (airbench's)
     dropout: NonNegativeFraction = 0.2
     batch_size: Annotated[int, Field(ge=2)] = 64
     label_smoothing: NonNegativeFraction = 0.1
@@ -116,6 +134,9 @@ class TrainParams(_Section):
             raise ValueError(f"warmup_epochs: must be < train.epochs ({self.epochs})")
         if self.lr_warmup and self.lr_schedule == "constant":
             raise ValueError("lr_warmup: needs train.lr_schedule triangular or cosine (the constant schedule has none)")
+        for key, default in (("momentum", 0.9), ("bn_bias_lr_scale", 1.0)):
+            if getattr(self, key) != default and self.optimizer != "sgd":
+                raise ValueError(f"{key}: only train.optimizer sgd uses it (got optimizer {self.optimizer!r})")
         return self
 
 
@@ -128,6 +149,8 @@ class BackboneOverrides(_Section):
     logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None
     whiten_stem: bool | None = None
     identity_init: bool | None = None
+    bn_scale: bool | None = None
+    freeze_stem: bool | None = None
     epochs: PositiveInt | None = None
     warmup_epochs: Annotated[int, Field(ge=0)] | None = None
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None
@@ -137,6 +160,9 @@ class BackboneOverrides(_Section):
     lr_schedule: Literal["constant", "triangular", "cosine"] | None = None
     lr_warmup: Annotated[float, Field(ge=0, lt=1)] | None = None
     weight_decay: Annotated[float, Field(ge=0)] | None = None
+    momentum: NonNegativeFraction | None = None
+    bn_bias_lr_scale: Annotated[float, Field(ge=1, le=1000)] | None = None
+    lookahead: bool | None = None
     label_smoothing: NonNegativeFraction | None = None
     dropout: NonNegativeFraction | None = None
     batch_size: Annotated[int, Field(ge=2)] | None = None

@@ -107,8 +107,14 @@ class Params(_Section):
             )
         except ValidationError as err:
             raise ParamsError(_format_error(err, prefix=f"backbones.{name}")) from None
-        for key, what in (("whiten_stem", "whitening stem"), ("identity_init", "identity-initialised blocks")):
-            if getattr(model, key) and name not in SMALLNET_INITS:
+        smallnet_only = (
+            ("whiten_stem", "whitening stem", True),
+            ("identity_init", "identity-initialised blocks", True),
+            ("bn_scale", "BatchNorm scale option", False),
+            ("freeze_stem", "stem to freeze", True),
+        )
+        for key, what, set_value in smallnet_only:
+            if getattr(model, key) == set_value and name not in SMALLNET_INITS:
                 where = f"backbones.{name}.{key}" if key in overrides else f"model.{key}"
                 raise ParamsError(
                     f"params.yaml: {where}: {name} has no {what}; only {', '.join(sorted(SMALLNET_INITS))} has "

@@ -31,7 +31,14 @@ from embedlab.batchnorm import BatchNormRecalibrator
 from embedlab.checkpoints import CheckpointStore, RunState, fingerprint
 from embedlab.devices import configure_determinism, make_strategy, set_mixed_precision
 from embedlab.errors import UserError
-from embedlab.optimization import Phase, compile_trainer, make_optimizer, phases
+from embedlab.optimization import (
+    Phase,
+    batchnorm_shift_paths,
+    compile_trainer,
+    lookahead_callback,
+    make_optimizer,
+    phases,
+)
 from embedlab.params import AugmentParams, ModelParams, TrainParams
 from embedlab.stopwatch import StopWatch
 from embedlab.training_data import TrainingData
@@ -66,6 +73,7 @@ class _Run:
     live: Any
     best_weights: list[np.ndarray] | None
     last_checkpoint: float = field(default_factory=time.monotonic)
+    callbacks: list[Any] = field(default_factory=list)  # the phase's fit callbacks (lookahead)
 
 
 class Trainer:
@@ -142,6 +150,7 @@ class Trainer:
                 bn_momentum=None if pretrained else FROM_SCRATCH_BN_MOMENTUM,
                 probe_head=train.loss == "triplet",
                 logit_scale=model_params.logit_scale,
+                bn_scale=model_params.bn_scale,
             )
         # A resumed run overwrites these first weights with the checkpoint's.
         if model_params.whiten_stem:
@@ -152,6 +161,10 @@ class Trainer:
             from embedlab.models import identity_init
 
             identity_init(models.backbone)
+        if model_params.freeze_stem:
+            # airbench's frozen whitening: trained, and decayed by weight decay, its filters lost 13x their norm in
+            # a 10-epoch CIFAR-10 run (README "airbench's recipe")
+            models.backbone.get_layer("stem_conv").kernel.trainable = False
         best = self.checkpoints.best_weights(state) if state.best_file else None
         augment = build_augmentation(self.augment, seed=train.seed)
         return _Run(models, strategy, policy, augment, data, state, self._open_live(state), best)
@@ -163,8 +176,14 @@ class Trainer:
             _set_trainable(models.backbone, phase.unfreeze, pretrained=self.model_params.weights is not None)
             steps_per_epoch = math.ceil(run.data.train_size / self.train_params.batch_size)
             total_steps = (phase.end_epoch - phase.first_epoch) * steps_per_epoch
-            optimizer = make_optimizer(self.train_params, phase.lr, total_steps)
+            shifts = batchnorm_shift_paths(models.trainer)
+            optimizer = make_optimizer(self.train_params, phase.lr, total_steps, shifts)
             compile_trainer(models.trainer, self.train_params, optimizer)
+            run.callbacks = (
+                [lookahead_callback(models.trainer.trainable_variables, total_steps)]
+                if self.train_params.lookahead
+                else []
+            )
             if state.epoch > phase.first_epoch:  # resume mid-phase: weights and optimizer state of the checkpoint
                 models.trainer.optimizer.build(models.trainer.trainable_variables)
                 models.trainer.load_weights(self.checkpoints.weights_path(state))
@@ -181,8 +200,11 @@ class Trainer:
         _reseed(trainer, train.seed, epoch)
         _reseed(run.augment, train.seed, epoch)
         order = run.data.epoch_order(epoch)
+        batches = run.data.train_dataset(
+            order, run.augment, flip_parity=epoch % 2 if self.augment.alternate_flip else None
+        )
         with self.clock("fit"):  # the dataset is already in this epoch's seeded order
-            fit = trainer.fit(run.data.train_dataset(order, run.augment), epochs=1, shuffle=False, verbose=0)
+            fit = trainer.fit(batches, epochs=1, shuffle=False, verbose=0, callbacks=run.callbacks)
         with self.clock("recalibrate"):
             recalibrate(run.data.first_images(order, train.bn_recalibration_batches), train.batch_size)
         with self.clock("validate"):

@@ -24,7 +24,7 @@ class TrainingData:
     stamp: list[str]  # the prepared index and info: a checkpoint is valid only for the same data
     train: TrainParams
     _datasets: dict[str, object] = field(default_factory=dict)
-    _train_pipeline: tuple | None = None  # ((augment id, order length), order variable, dataset): train_dataset
+    _train_pipeline: tuple | None = None  # (key, (order, parity) variables, dataset): train_dataset
 
     @classmethod
     def load(cls, prepared_dir: Path, train: TrainParams) -> TrainingData:
@@ -61,29 +61,37 @@ class TrainingData:
         """The first ``batches`` batches of training images in ``order`` (BatchNorm recalibration's input)."""
         return self.arrays["train"][0][order[: batches * self.train.batch_size]]
 
-    def train_dataset(self, order: np.ndarray, augment):
-        """One epoch of training batches in ``order``, augmented on the fly.
+    def train_dataset(self, order: np.ndarray, augment, flip_parity: int | None = None):
+        """One epoch of training batches in ``order``, augmented on the fly; with ``flip_parity`` (0 or 1: the
+        epoch's parity, ``augment.alternate_flip``) each image is mirrored when its seeded coin differs from it.
 
-        The pipeline is built once per ``augment`` and order length, and reads the order from a variable set here:
-        building it anew each epoch traced the augmentation again, which cost 2-3 % of a digits epoch. Its number of
-        batches stays known to Keras (a softmax run's order always has the same length; a triplet run's, with its
-        class-balanced batches, too)."""
+        The pipeline is built once per ``augment`` and order length, and reads the order (and parity) from variables
+        set here: building it anew each epoch traced the augmentation again, which cost 2-3 % of a digits epoch. Its
+        number of batches stays known to Keras (a softmax run's order always has the same length; a triplet run's,
+        with its class-balanced batches, too)."""
         import tensorflow as tf
 
-        key = (id(augment), len(order))
+        key = (id(augment), len(order), flip_parity is None)
         if self._train_pipeline is None or self._train_pipeline[0] != key:
             images, targets = tf.constant(self.arrays["train"][0]), self._targets(self.arrays["train"][1])
             rows = tf.Variable(np.zeros(len(order), "int64"), trainable=False)
-            size, batch = len(order), self.train.batch_size
+            parity = tf.Variable(False, trainable=False)
+            coins = tf.constant(np.random.default_rng(self.train.seed).random(self.train_size) < 0.5)
+            size, batch, alternate = len(order), self.train.batch_size, flip_parity is not None
 
             def gather(start):
                 batch_rows = rows[start : tf.minimum(start + batch, size)]
-                return tf.gather(images, batch_rows), tf.nest.map_structure(lambda t: tf.gather(t, batch_rows), targets)
+                pixels = tf.gather(images, batch_rows)
+                if alternate:
+                    mirror = tf.not_equal(tf.gather(coins, batch_rows), parity)[:, None, None, None]
+                    pixels = tf.where(mirror, tf.reverse(pixels, axis=[2]), pixels)
+                return pixels, tf.nest.map_structure(lambda t: tf.gather(t, batch_rows), targets)
 
             batches = tf.data.Dataset.range(0, size, batch).map(gather)
-            self._train_pipeline = (key, rows, self._finish(batches, augment))
-        _, rows, pipeline = self._train_pipeline
+            self._train_pipeline = (key, (rows, parity), self._finish(batches, augment))
+        _, (rows, parity), pipeline = self._train_pipeline
         rows.assign(order.astype("int64"))
+        parity.assign(bool(flip_parity))
         return pipeline
 
     def dataset(self, split: str):
