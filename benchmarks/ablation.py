@@ -57,10 +57,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="smallnet")
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation_cifar10.json"))
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/ablation[_airbench]_cifar10.json")
     parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
     parser.add_argument("--variants", choices=("recipe", "airbench"), default="recipe")
     args = parser.parse_args()
+    suffix = "" if args.variants == "recipe" else f"_{args.variants}"
+    args.out = args.out or Path(f"benchmarks/results/ablation{suffix}_cifar10.json")
 
     cpu = cpu_description()
     report = {"cpu": cpu, "backbone": args.backbone, "per_class": args.per_class, "epochs": args.epochs, "rows": []}

@@ -92,3 +92,12 @@ class CheckpointStore:
     def discard(self) -> None:
         """The run finished: its outputs are written, the work folder goes."""
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def load_model_only(model, path: Path) -> None:
+    """Load a checkpoint's model variables; its optimizer state does not fit the new phase's optimizer."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)

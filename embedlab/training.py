@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from embedlab.batchnorm import BatchNormRecalibrator
-from embedlab.checkpoints import CheckpointStore, RunState, fingerprint
+from embedlab.checkpoints import CheckpointStore, RunState, fingerprint, load_model_only
 from embedlab.devices import configure_determinism, make_strategy, set_mixed_precision
 from embedlab.errors import UserError
 from embedlab.optimization import (
@@ -127,7 +127,7 @@ class Trainer:
     def _start(self) -> _Run:
         """Seeds, dtype policy, data, the resumable state and the models."""
         from embedlab.augment import build_augmentation
-        from embedlab.models import build_models
+        from embedlab.models import apply_init_options, build_models
 
         train, model_params = self.train_params, self.model_params
         configure_determinism(train.seed)
@@ -153,18 +153,7 @@ class Trainer:
                 bn_scale=model_params.bn_scale,
             )
         # A resumed run overwrites these first weights with the checkpoint's.
-        if model_params.whiten_stem:
-            from embedlab.whitening import whiten_stem
-
-            whiten_stem(models.embedding, models.backbone, data.arrays["train"][0], seed=train.seed)
-        if model_params.identity_init:
-            from embedlab.models import identity_init
-
-            identity_init(models.backbone)
-        if model_params.freeze_stem:
-            # airbench's frozen whitening: trained, and decayed by weight decay, its filters lost 13x their norm in
-            # a 10-epoch CIFAR-10 run (README "airbench's recipe")
-            models.backbone.get_layer("stem_conv").kernel.trainable = False
+        apply_init_options(models, model_params, data.arrays["train"][0], seed=train.seed)
         best = self.checkpoints.best_weights(state) if state.best_file else None
         augment = build_augmentation(self.augment, seed=train.seed)
         return _Run(models, strategy, policy, augment, data, state, self._open_live(state), best)
@@ -179,16 +168,13 @@ class Trainer:
             shifts = batchnorm_shift_paths(models.trainer)
             optimizer = make_optimizer(self.train_params, phase.lr, total_steps, shifts)
             compile_trainer(models.trainer, self.train_params, optimizer)
-            run.callbacks = (
-                [lookahead_callback(models.trainer.trainable_variables, total_steps)]
-                if self.train_params.lookahead
-                else []
-            )
+            lookahead = self.train_params.lookahead
+            run.callbacks = [lookahead_callback(models.trainer.trainable_variables, total_steps)] if lookahead else []
             if state.epoch > phase.first_epoch:  # resume mid-phase: weights and optimizer state of the checkpoint
                 models.trainer.optimizer.build(models.trainer.trainable_variables)
                 models.trainer.load_weights(self.checkpoints.weights_path(state))
             elif state.epoch > 0 and state.weights_file:  # a new phase after a resume: a fresh optimizer
-                _load_model_only(models.trainer, self.checkpoints.weights_path(state))
+                load_model_only(models.trainer, self.checkpoints.weights_path(state))
             return BatchNormRecalibrator(models.trainer)
 
     def _train_epoch(self, run: _Run, phase: Phase, epoch: int, recalibrate: BatchNormRecalibrator) -> None:
@@ -302,15 +288,6 @@ def _log(live, row: dict[str, float]) -> None:
         if key != "epoch":
             live.log_metric(key, value)
     live.next_step()
-
-
-def _load_model_only(model, path: Path) -> None:
-    """Load a checkpoint's model variables; its optimizer state does not fit the new phase's optimizer."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(path)
 
 
 def _fmt(row: dict[str, float]) -> str:
