@@ -11,16 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from keras import ops
 
 from embedlab.errors import UserError
-
-if TYPE_CHECKING:
-    from embedlab.params import ModelParams
 
 
 @dataclass(frozen=True)
@@ -95,22 +91,6 @@ def identity_init(backbone: keras.Model) -> None:
             kernel[:, :, :, :count] = 0.0
             kernel[centre, centre, np.arange(count), np.arange(count)] = 1.0
             layer.kernel.assign(kernel)
-
-
-def apply_init_options(models: Models, model_params: ModelParams, train_images: np.ndarray, seed: int) -> None:
-    """smallnet's initialisation params on freshly built models: the patch-whitening stem (``model.whiten_stem``),
-    identity-initialised blocks (``model.identity_init``) and a stem kernel that does not train
-    (``model.freeze_stem``). Params validation has already refused them for any other backbone."""
-    if model_params.whiten_stem:
-        from embedlab.whitening import whiten_stem
-
-        whiten_stem(models.embedding, models.backbone, train_images, seed=seed)
-    if model_params.identity_init:
-        identity_init(models.backbone)
-    if model_params.freeze_stem:
-        # airbench's frozen whitening: trained, and decayed by weight decay, its filters lost 13x their norm in
-        # a 10-epoch CIFAR-10 run (README "airbench's recipe")
-        models.backbone.get_layer("stem_conv").kernel.trainable = False
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -127,7 +127,8 @@ class Trainer:
     def _start(self) -> _Run:
         """Seeds, dtype policy, data, the resumable state and the models."""
         from embedlab.augment import build_augmentation
-        from embedlab.models import apply_init_options, build_models
+        from embedlab.models import build_models
+        from embedlab.whitening import apply_init_options
 
         train, model_params = self.train_params, self.model_params
         configure_determinism(train.seed)

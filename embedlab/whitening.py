@@ -4,12 +4,18 @@ The stem is a 2×2 convolution with 24 filters at full resolution. Initialised f
 its filters are the eigenvectors of the covariance of the training images' 2×2 patches (12 values each), scaled by
 1/√(eigenvalue + ε), in both signs: so its outputs start decorrelated and of equal variance, and the blocks above
 learn from the first step on inputs that are already whitened. Measured on CIFAR-10 (README "smallnet recipe
-ablation"), it is the one initialisation choice that bought accuracy at a fixed budget.
+ablation"), it is the one initialisation choice that bought accuracy at a fixed budget. ``apply_init_options``
+applies it with smallnet's other initialisation params.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from embedlab.params import ModelParams
 
 # Added to every eigenvalue before the inverse square root: the smallest eigenvalues of natural-image patches are
 # near 0, and without it their filters would blow noise up without bound (airbench's value, in [-1, 1] pixel units).
@@ -48,3 +54,19 @@ def whiten_stem(embedding_model, backbone, images: np.ndarray, seed: int) -> Non
     stem = backbone.get_layer("stem_conv")
     stem.kernel.assign(patch_whitening_kernel(np.asarray(x, np.float32), kernel=stem.kernel.shape[0]))
     stem.bias.assign(np.zeros(stem.bias.shape, np.float32))
+
+
+def apply_init_options(models, model_params: ModelParams, train_images: np.ndarray, seed: int) -> None:
+    """smallnet's initialisation params on freshly built models: the patch-whitening stem (``model.whiten_stem``),
+    identity-initialised blocks (``model.identity_init``) and a stem kernel that does not train
+    (``model.freeze_stem``). Params validation has already refused them for any other backbone."""
+    from embedlab.models import identity_init
+
+    if model_params.whiten_stem:
+        whiten_stem(models.embedding, models.backbone, train_images, seed=seed)
+    if model_params.identity_init:
+        identity_init(models.backbone)
+    if model_params.freeze_stem:
+        # airbench's frozen whitening: trained, and decayed by weight decay, its filters lost 13x their norm in
+        # a 10-epoch CIFAR-10 run (README "airbench's recipe")
+        models.backbone.get_layer("stem_conv").kernel.trainable = False
