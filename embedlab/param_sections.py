@@ -27,9 +27,10 @@ class ParamsError(UserError):
 
 
 class _Section(BaseModel):
-    """A params.yaml section: unknown keys are errors, values are read-only."""
+    """A params.yaml section: unknown keys are errors, values are read-only, and values are taken as written: a
+    quoted ``"48"`` is text, not a number, so it is refused where a number is expected (strict mode)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataParams(_Section):
@@ -255,3 +256,9 @@ class ServeParams(_Section):
     max_pending: Annotated[int, Field(ge=1)] = 256  # queries inside the server at once; more get 429
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 64  # uploads embedded together when they arrive together
     thumbnail: Annotated[int, Field(ge=16, le=512)] = 96  # side of /api/thumbnails images, pixels
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeParams:
+        if self.k > self.max_k:  # else every request that does not name its k would be refused
+            raise ValueError(f"k: must be <= serve.max_k ({self.max_k}) (got {self.k})")
+        return self

@@ -7,6 +7,7 @@ tracks exactly those keys (see ``dvc.yaml``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +172,23 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
         raise ParamsError(_format_error(err)) from None
 
 
+class _Yaml12Floats(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``1e-4`` (no dot) is a string; YAML 1.2, which DVC and most editors speak,
+    reads it as a number. Params are validated strictly (a quoted ``"48"`` stays text), so read it as 1.2 does."""
+
+
+_Yaml12Floats.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Yaml12Floats)
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run from the repository root)") from None
     except yaml.YAMLError as err:

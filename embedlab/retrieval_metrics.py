@@ -24,8 +24,9 @@ def average_precision_at_k(relevant: np.ndarray, num_relevant: np.ndarray, k: in
 
 
 def precision_at_k(relevant: np.ndarray, k: int) -> np.ndarray:
-    """P@k per query: the share of the top k results that are relevant."""
-    return relevant[:, :k].mean(1)
+    """P@k per query: relevant results among the top k, over k (a gallery smaller than k: the missing results count
+    as misses, as in trec_eval)."""
+    return relevant[:, :k].sum(1) / k
 
 
 def hit_rate_at_k(relevant: np.ndarray, k: int) -> np.ndarray:

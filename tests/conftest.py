@@ -201,19 +201,22 @@ def set_params(repo: Path, **overrides: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+TINY_BACKBONES = {"mobilenetv2": {"epochs": 2}, "smallnet": {"epochs": 2}}
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole pipeline run once on a tiny config (one small backbone, 8 digits per class); treat as read-only."""
+    """The whole pipeline run once on a tiny config (two small backbones, 8 digits per class: 4 train, 2 val, 2 test)
+    with the default stack (select); treat as read-only."""
     repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
     set_params(
         repo,
         data__max_per_class=8,
-        backbones={"mobilenetv2": {"epochs": 2}},
+        data__val_fraction=0.25,
+        backbones=TINY_BACKBONES,
         model__embedding_dim=16,
         train__batch_size=32,
         evaluate__examples=3,
-        stack__method="pca",
-        stack__dim=8,
         cluster__tsne__sample=40,
         projector__max_points=30,
     )

@@ -39,24 +39,35 @@ def test_recalibration_sets_the_average_of_the_batch_statistics() -> None:
     assert bn.momentum == 0.9  # restored for training
 
 
+def _assert_same(left: list[np.ndarray], right: list[np.ndarray]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_checkpoint_commits_with_state_json_and_survives_a_torn_save(tmp_path: Path) -> None:
     model = _tiny_model()
-    model.optimizer.build(model.trainable_variables)
+    model.fit(np.ones((4, 4, 4, 3), "float32"), np.zeros((4, 2), "float32"), epochs=1, verbose=0)  # optimizer state
+    best = [w + 1.0 for w in model.get_weights()]  # the best epoch's weights differ from the current ones
     store = CheckpointStore(tmp_path / "work")
     state = store.load("fp")
     state.epoch, state.best_epoch = 1, 0
-    store.save(state, model, model.get_weights())
+    store.save(state, model, best)
     assert sorted(p.name for p in store.folder.iterdir()) == ["best-0001.npz", "epoch-0001.weights.h5", "state.json"]
 
     # A kill after the next epoch's weights were written but before state.json: the old checkpoint still loads.
     (store.folder / "epoch-0002.weights.h5").write_bytes(b"torn")
     resumed = store.load("fp")
     assert (resumed.epoch, resumed.weights_file) == (1, "epoch-0001.weights.h5")
-    model.load_weights(store.weights_path(resumed))
-    assert [w.shape for w in store.best_weights(resumed)] == [w.shape for w in model.get_weights()]
+    fresh = _tiny_model()  # another process's model: other initial weights, no optimizer state yet
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(store.weights_path(resumed))
+    _assert_same(fresh.get_weights(), model.get_weights())
+    _assert_same(fresh.optimizer.variables, model.optimizer.variables)  # Adam's moments and step count too
+    _assert_same(store.best_weights(resumed), best)
 
     resumed.epoch = 2
-    store.save(resumed, model, model.get_weights())  # the next commit sweeps the torn file
+    store.save(resumed, model, best)  # the next commit sweeps the torn file
     assert sorted(p.name for p in store.folder.iterdir()) == ["best-0001.npz", "epoch-0002.weights.h5", "state.json"]
     assert json.loads(store.state_file.read_text())["epoch"] == 2
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -76,11 +77,17 @@ def test_directory_with_mixed_images(tmp_path: Path, image_tree: Path) -> None:
     prepared = Prepared.open(tmp_path / "prepared")
     assert prepared.images.shape == (9, 16, 16, 3) and prepared.images.dtype == np.uint8
     assert set(prepared.index["split"]) == {"train", "val", "test"}
-    alpha = prepared.images[list(prepared.index["id"]).index("cat/alpha.png")]
-    assert alpha.std() > 0  # decoded content, not a blank
+    ids = list(prepared.index["id"])
+    for image_id, pixels in zip(ids, prepared.images, strict=True):  # noise in every mode: noise out, never flat
+        assert pixels.std() > 3, image_id
+    grey = prepared.images[ids.index("cat/grey.png")].astype(int)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
 
 
-@pytest.mark.parametrize("kind", ["tar", "tar.gz", "zip"])
+TAR_MODES = {"tar": "w", "tar.gz": "w:gz", "tgz": "w:gz", "tar.bz2": "w:bz2", "tar.xz": "w:xz"}
+
+
+@pytest.mark.parametrize("kind", [*TAR_MODES, "zip"])
 def test_archives_read_like_directories(tmp_path: Path, image_tree: Path, kind: str) -> None:
     archive = tmp_path / f"photos.{kind}"
     if kind == "zip":
@@ -88,7 +95,7 @@ def test_archives_read_like_directories(tmp_path: Path, image_tree: Path, kind: 
             for path in sorted(image_tree.rglob("*")):
                 out.write(path, Path("photos") / path.relative_to(image_tree))
     else:
-        with tarfile.open(archive, "w:gz" if kind.endswith("gz") else "w") as out:
+        with tarfile.open(archive, TAR_MODES[kind]) as out:
             out.add(image_tree, arcname="photos")
     write_folder(tmp_path / "raw", archive)
     _check_mixed(tmp_path / "raw")  # the wrapping photos/ folder is looked through
@@ -105,25 +112,29 @@ def _tar_with(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> Path:
     return path
 
 
-def _symlink(name: str, target: str) -> tarfile.TarInfo:
+def _special(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
-    info.type, info.linkname = tarfile.SYMTYPE, target
+    info.type, info.linkname = kind, target
     return info
 
 
 @pytest.mark.parametrize(
-    "member",
+    ("member", "why"),
     [
-        tarfile.TarInfo("../evil.png"),
-        tarfile.TarInfo("cat/../../evil.png"),
-        tarfile.TarInfo("/tmp/evil.png"),
-        _symlink("cat/link.png", "/etc/passwd"),
+        (tarfile.TarInfo("../evil.png"), "points outside"),
+        (tarfile.TarInfo("cat/../../evil.png"), "points outside"),
+        (tarfile.TarInfo("/tmp/evil.png"), "absolute path"),
+        (_special("cat/link.png", tarfile.SYMTYPE, "/etc/passwd"), "is a link"),
+        (_special("cat/hard.png", tarfile.LNKTYPE, "cat/ok.png"), "is a link"),  # even to a member inside
+        (_special("cat/tty.png", tarfile.CHRTYPE), "not a regular file"),
+        (_special("cat/disk.png", tarfile.BLKTYPE), "not a regular file"),
+        (_special("cat/pipe.png", tarfile.FIFOTYPE), "not a regular file"),
     ],
-    ids=["dotdot", "nested-dotdot", "absolute", "symlink"],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "char-device", "block-device", "fifo"],
 )
-def test_malicious_tar_is_refused(tmp_path: Path, member: tarfile.TarInfo) -> None:
+def test_malicious_tar_is_refused(tmp_path: Path, member: tarfile.TarInfo, why: str) -> None:
     archive = _tar_with(tmp_path / "evil.tar", member)
-    with pytest.raises(UnsafeArchiveError, match="refusing archive"):
+    with pytest.raises(UnsafeArchiveError, match=f"refusing archive: member '{re.escape(member.name)}' .*{why}"):
         write_folder(tmp_path / "out" / "raw", archive)
     assert not (tmp_path / "evil.png").exists() and not (tmp_path / "out" / "raw" / "index.csv").exists()
 
@@ -135,6 +146,14 @@ def test_malicious_zip_is_refused(tmp_path: Path) -> None:
         out.writestr("../evil.png", b"x")
     with pytest.raises(UnsafeArchiveError, match=r"\.\./evil\.png"):
         write_folder(tmp_path / "raw", archive)
+    for name, why in (("cat/../../evil.png", "points outside"), ("/tmp/evil.png", "absolute path"),
+                      ("C:/evil.png", "absolute path"), ("cat\\..\\..\\evil.png", "points outside")):  # fmt: skip
+        with zipfile.ZipFile(tmp_path / "nested.zip", "w") as out:
+            out.writestr("cat/ok.png", _encode(Image.new("RGB", (4, 4)), "PNG"))
+            out.writestr(zipfile.ZipInfo(name), b"x")
+        with pytest.raises(UnsafeArchiveError, match=why):
+            write_folder(tmp_path / "raw", tmp_path / "nested.zip")
+        assert not (tmp_path / "raw" / "index.csv").exists() and not (tmp_path / "evil.png").exists()
     link = zipfile.ZipInfo("cat/link.png")
     link.external_attr = 0o120777 << 16
     with zipfile.ZipFile(tmp_path / "link.zip", "w") as out:

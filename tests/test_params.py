@@ -26,10 +26,27 @@ def test_the_cifar10_recipe_is_valid() -> None:
     assert recipe.serve.gallery == "train+val" and recipe.embed.flip_average
 
 
-def test_dvc_exp_style_values_parse() -> None:
+def test_dvc_exp_style_values_parse(tmp_path: Path) -> None:
     """``dvc exp run -S`` writes plain YAML scalars; strings of numbers must not sneak through as numbers."""
     params = parse_params({"data": {"image_size": 48, "val_fraction": 0.2, "max_per_class": None}})
     assert params.data.image_size == 48 and params.data.max_per_class is None
+    for quoted in ({"data": {"image_size": "48"}}, {"train": {"lr": "0.01"}}, {"serve": {"k": "5"}}):
+        with pytest.raises(ParamsError, match=r"Input should be a valid (integer|number) \(got '"):
+            parse_params(quoted)
+    # ``1e-4`` has no dot: YAML 1.1 (PyYAML) reads it as text, YAML 1.2 (DVC, editors) as a number; params.yaml is
+    # read as 1.2, while a quoted "1e-4" stays text and is refused.
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 1e-4\n  weight_decay: 5E-4\n  epochs: 3\n")
+    train = load_params(tmp_path / "params.yaml").train
+    assert (train.lr, train.weight_decay, train.epochs) == (1e-4, 5e-4, 3) and isinstance(train.epochs, int)
+    (tmp_path / "params.yaml").write_text('train:\n  lr: "1e-4"\n')
+    with pytest.raises(ParamsError, match=r"train\.lr: Input should be a valid number"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_serve_k_must_fit_under_max_k() -> None:
+    assert parse_params({"serve": {"k": 20, "max_k": 20}}).serve.k == 20
+    with pytest.raises(ParamsError, match=r"^params\.yaml: serve\.k: must be <= serve\.max_k \(5\) \(got 8\)$"):
+        parse_params({"serve": {"max_k": 5}})
 
 
 @pytest.mark.parametrize(

@@ -52,12 +52,55 @@ def test_transparency_is_composited_on_white() -> None:
 
 
 def test_fit_crop_pad_and_stretch() -> None:
-    wide = Image.fromarray(np.full((10, 30, 3), 200, np.uint8))
-    for fit in ("crop", "pad", "stretch"):
-        assert fit_to_square(wide, 16, fit).shape == (16, 16, 3)
-    padded = fit_to_square(wide, 15, "pad")
-    assert (padded[0] == 0).all() and (padded[-1] == 0).all() and (padded[7] > 150).all()  # black bars top and bottom
-    assert (fit_to_square(wide, 15, "crop") > 150).all() and (fit_to_square(wide, 15, "stretch") > 150).all()
+    """By pixel value: red rises 8 per column, green 25 per row, so a crop or pad off centre shows."""
+    pixels = np.zeros((10, 30, 3), np.uint8)
+    pixels[..., 0] = np.arange(30)[None, :] * 8
+    pixels[..., 1] = np.arange(10)[:, None] * 25
+    pixels[..., 2] = 255
+    wide = Image.fromarray(pixels)
+    rows = np.arange(10)[:, None] * 25 * np.ones((1, 10), int)
+    crop = fit_to_square(wide, 10, "crop")  # the middle 10 columns, untouched
+    np.testing.assert_array_equal(crop[..., 0], np.ones((10, 1), int) * np.arange(10, 20)[None, :] * 8)
+    np.testing.assert_array_equal(crop[..., 1], rows)
+    stretch = fit_to_square(wide, 10, "stretch")  # every column, three to one; rows untouched
+    np.testing.assert_allclose(stretch[..., 0], np.ones((10, 1)) * (8 * (3 * np.arange(10) + 1))[None, :], atol=2)
+    np.testing.assert_array_equal(stretch[..., 1], rows)
+    pad = fit_to_square(wide, 10, "pad")  # the whole image, 10 x 3.3 rows, between black bars of equal height
+    content = np.flatnonzero(pad[:, 5, 2])
+    assert list(content) == list(range(content[0], content[-1] + 1)) and len(content) == 3
+    assert (
+        abs(content[0] - (9 - content[-1])) <= 1
+        and (pad[: content[0]] == 0).all()
+        and (pad[content[-1] + 1 :] == 0).all()
+    )
+    np.testing.assert_allclose(pad[content[1], :, 0], stretch[0, :, 0], atol=2)
+    assert fit_to_square(wide, 16, "crop").shape == fit_to_square(wide, 16, "pad").shape == (16, 16, 3)
+
+
+def _encoded(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+def test_every_mode_decodes_to_its_rgb_pixels() -> None:
+    """Grey, palette, CMYK and 16-bit files become the RGB pixels they show, not a flat or shifted copy."""
+    grey = np.array([[0, 60], [130, 255]], np.uint8)
+    np.testing.assert_array_equal(
+        np.asarray(decode(_encoded(Image.fromarray(grey, "L"), "PNG"))), grey[..., None] * [1, 1, 1]
+    )
+    colours = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [250, 200, 10]]], np.uint8)
+    palette = Image.fromarray(colours).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    for fmt in ("PNG", "GIF"):
+        np.testing.assert_array_equal(np.asarray(decode(_encoded(palette, fmt))), colours)
+    cmyk = Image.frombytes("CMYK", (3, 1), bytes([0, 255, 255, 0, 0, 0, 0, 255, 0, 0, 0, 0]))  # red, black, white
+    np.testing.assert_array_equal(
+        np.asarray(decode(_encoded(cmyk, "TIFF"))), [[[255, 0, 0], [0, 0, 0], [255, 255, 255]]]
+    )
+    # 16-bit grey: its own min..max stretched to 0..255, (v - 10) / 245 here
+    deep = Image.fromarray(np.array([[257 * 10, 257 * 110], [65535, 257 * 17]], np.uint16))
+    assert deep.mode.startswith("I")
+    np.testing.assert_array_equal(np.asarray(decode(_encoded(deep, "PNG")))[..., 0], [[0, 104], [255, 7]])
 
 
 def _rewrite(src: Path, dest: Path, change: dict[str, bytes | None]) -> Path:

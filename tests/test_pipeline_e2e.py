@@ -1,4 +1,5 @@
-"""A tiny real pipeline (the whole `dvc repro` with one small backbone), then the commands and the report on it."""
+"""A tiny real pipeline (the whole `dvc repro` with two small backbones and the default stack), then the commands and
+the report on it."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
             "linear_probe_accuracy",
         } <= set(metrics)
         counts = {key: metrics.pop(key) for key in ("queries", "gallery")}
-        assert counts == {"queries": 20, "gallery": 50}, counts  # every test image, the whole train split
+        assert counts == {"queries": 20, "gallery": 40}, counts  # every test image, the whole train split
         assert all(0 <= v <= 1 for v in metrics.values())
         assert (pipeline / "plots" / "retrieval" / "examples" / f"{model}_examples.png").stat().st_size > 1000
         confusion = json.loads((pipeline / "plots" / "retrieval" / "confusion" / f"{model}.json").read_text())
@@ -50,12 +51,12 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
     shown = dvc("metrics", "show", cwd=pipeline).stdout
     assert "metrics/retrieval/mobilenetv2.json" in shown and "metrics/retrieval/raw_pixels.json" in shown
     stack = json.loads((pipeline / "metrics" / "stack.json").read_text())
-    assert stack["method"] == "pca" and stack["fit_rows"] == 10 and stack["dim"] == 8  # 1 val image per class
+    assert stack["method"] == "select" and stack["fit_rows"] == 20 and stack["dim"] == 32  # 2 val images per class
     for model in ("mobilenetv2", "stack", "raw_pixels"):
         cluster = json.loads((pipeline / "metrics" / "cluster" / f"{model}.json").read_text())
         assert set(cluster) == {"nmi", "ari", "purity", "silhouette"}
         assert len(json.loads((pipeline / "plots" / "cluster" / "tsne" / f"{model}.json").read_text())) == 20
-    assert sorted(p.name for p in (pipeline / "projector").iterdir()) == ["mobilenetv2", "stack"]
+    assert sorted(p.name for p in (pipeline / "projector").iterdir()) == ["mobilenetv2", "smallnet", "stack"]
     again = dvc("repro", cwd=pipeline)
     assert "Running stage" not in again.stdout
 
@@ -94,6 +95,70 @@ def test_search_with_the_stack_runs_base_models_then_stacker(pipeline: Path, tmp
     assert hits[0]["id"] == prepared.index["id"][test_row] and hits[0]["score"] > 0.999
 
 
+def _loo_map(vectors: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Leave-one-out mAP@k among ``vectors``, the slow obvious way (AP@k divides by min(k, R))."""
+    similarity, scores = vectors @ vectors.T, []
+    for q in range(len(labels)):
+        ranked = [i for i in np.argsort(-similarity[q], kind="stable") if i != q][:k]
+        hits = [labels[i] == labels[q] for i in ranked]
+        relevant = min(k, int((labels == labels[q]).sum()) - 1)
+        found = sum(sum(hits[: r + 1]) / (r + 1) for r, hit in enumerate(hits) if hit)
+        scores.append(found / relevant if relevant else 0.0)
+    return float(np.mean(scores))
+
+
+def test_the_default_stack_applies_what_it_reports(pipeline: Path) -> None:
+    """``select`` reports the validation mAP of the weights it chose; the stack the pipeline applied and saved (what
+    evaluate, search and serve use) scores exactly that on the validation images, and never below its best member."""
+    from embedlab.params import load_params
+    from embedlab.stacking import Stacker
+
+    report = json.loads((pipeline / "metrics" / "stack.json").read_text())
+    k = load_params(pipeline / "params.yaml").stack.select_k
+    stacked = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
+    val = stacked.split("val")
+    assert _loo_map(stacked.embeddings[val], stacked.labels[val], k) == pytest.approx(report["val_map_stack"], abs=1e-6)
+    members = [
+        EmbeddingSet.load(pipeline / "data" / "embeddings" / f"{name}.npz") for name in ("mobilenetv2", "smallnet")
+    ]
+    singles = [_loo_map(m.embeddings[val], m.labels[val], k) for m in members]
+    assert report["val_map_best_single"] == pytest.approx(max(singles), abs=1e-6)
+    assert report["val_map_stack"] >= report["val_map_best_single"]
+    stacker = Stacker.load(pipeline / "models" / "stack.npz")
+    assert stacker.backbones == ["mobilenetv2", "smallnet"]
+    np.testing.assert_allclose(stacker.arrays["weights"], [report["weight_mobilenetv2"], report["weight_smallnet"]])
+
+
+def test_a_query_skips_a_backbone_the_stack_weighs_zero(pipeline: Path, tmp_path: Path) -> None:
+    """With smallnet at weight 0 the stack of a query is its mobilenetv2 embedding alone, and search ranks the
+    stacked gallery by it."""
+    from embedlab.data.prepare import Prepared
+    from embedlab.stacking import Stacker
+
+    root = tmp_path / "root"
+    (root / "models").mkdir(parents=True)
+    for name in ("data", "params.yaml"):
+        (root / name).symlink_to(pipeline / name)
+    for model in (pipeline / "models").glob("*.keras"):
+        (root / "models" / model.name).symlink_to(model)
+    Stacker("select", ["mobilenetv2", "smallnet"], {"weights": np.array([1.0, 0.0], np.float32)}).save(
+        root / "models" / "stack.npz"
+    )
+    prepared = Prepared.open(pipeline / "data" / "prepared")
+    row = int(prepared.split("test")[1])
+    query = tmp_path / "digit.png"
+    Image.fromarray(np.asarray(prepared.images[row])).save(query)
+    found = _embedlab(root, "search", str(query), "--model", "stack", "--k", "5", "--json")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)[0]["results"]
+    mobilenet = EmbeddingSet.load(pipeline / "data" / "embeddings" / "mobilenetv2.npz").embeddings[row]
+    gallery = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
+    scores = gallery.embeddings @ np.concatenate([mobilenet, np.zeros(16, np.float32)])
+    expected = np.argsort(-scores, kind="stable")[:5]
+    assert [h["id"] for h in hits] == list(gallery.ids[expected])
+    np.testing.assert_allclose([h["score"] for h in hits], scores[expected], atol=1e-4)
+
+
 def test_export_command(pipeline: Path, tmp_path: Path) -> None:
     out = tmp_path / "stack.parquet"
     done = _embedlab(pipeline, "export", "--model", "stack", "--format", "parquet", "--out", str(out))
@@ -102,7 +167,9 @@ def test_export_command(pipeline: Path, tmp_path: Path) -> None:
 
     frame = pd.read_parquet(out)
     emb = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
-    np.testing.assert_array_equal(frame[[f"e{i}" for i in range(8)]].to_numpy(np.float32), emb.embeddings)
+    np.testing.assert_array_equal(
+        frame[[f"e{i}" for i in range(emb.embeddings.shape[1])]].to_numpy(np.float32), emb.embeddings
+    )
 
 
 def test_search_errors(pipeline: Path, tmp_path: Path) -> None:
@@ -118,7 +185,8 @@ def test_search_errors(pipeline: Path, tmp_path: Path) -> None:
     unknown = _embedlab(pipeline, "search", str(query), "--model", "alexnet")
     assert unknown.returncode != 0
     assert (
-        unknown.stderr.strip() == "error: --model alexnet: not a model of this pipeline; choose from mobilenetv2, stack"
+        unknown.stderr.strip()
+        == "error: --model alexnet: not a model of this pipeline; choose from mobilenetv2, smallnet, stack"
     )
     # A listed backbone whose embeddings were never made names the stage that makes them.
     other_root = tmp_path / "other"

@@ -41,6 +41,31 @@ def test_full_report_hand_computed() -> None:
     assert report.map_at_k_curve[0] == 1.0 and len(report.map_at_k_curve) == 4
 
 
+def test_map_curve_and_per_class_ap_hand_computed() -> None:
+    gallery = _unit([10, 20, 30, 40, 200])
+    gallery_labels = np.array([0, 1, 0, 1, 1])
+    queries = _unit([0, 24])
+    report = evaluate_retrieval(
+        queries, np.array([0, 1]), ExactIndex(gallery), gallery_labels, ["a", "b"], k=3, k_max=4
+    )
+    # q0 (a, R=2) ranks a b a b b: AP@1..4 = 1, 1/2, (1 + 2/3)/2, (1 + 2/3)/2
+    # q1 (b, R=3) ranks 20°b 30°a 10°a 40°b: AP@1..4 = 1, 1/2, 1/3, (1 + 2/4)/3
+    q0, q1 = [1, 1 / 2, 5 / 6, 5 / 6], [1, 1 / 2, 1 / 3, 1 / 2]
+    np.testing.assert_allclose(report.map_at_k_curve, (np.array(q0) + q1) / 2)
+    assert report.per_class_ap == pytest.approx({"a": 5 / 6, "b": 1 / 3})  # AP@3 of each class's queries
+    assert report.metrics["map@3"] == pytest.approx((5 / 6 + 1 / 3) / 2)
+
+
+def test_k_larger_than_the_gallery() -> None:
+    """Three gallery images, k = 5: P@5 counts the missing results as misses; AP@5 divides by min(5, R)."""
+    gallery, labels = _unit([10, 20, 200]), np.array([0, 0, 1])
+    report = evaluate_retrieval(_unit([0]), np.array([0]), ExactIndex(gallery), labels, ["a", "b"], k=5, k_max=5)
+    assert list(report.neighbours[0]) == [0, 1, 2]
+    m = report.metrics
+    assert m["precision@5"] == pytest.approx(2 / 5) and m["precision@1"] == 1.0 and m["hit_rate@5"] == 1.0
+    assert m["map@5"] == 1.0 and m["knn_accuracy@5"] == 1.0 and report.map_at_k_curve == [1.0] * 5
+
+
 def test_ties_break_by_gallery_order_and_duplicates() -> None:
     gallery = _unit([5, 5, 5, 5, 90])  # four identical vectors
     labels = np.array([1, 0, 0, 1, 0])
@@ -84,6 +109,10 @@ def test_majority_vote_ties() -> None:
     scores = np.array([[0.9, 0.8, 0.7, 0.1], [0.9, 0.8, 0.7, 0.6]])
     # row 0: 1 and 2 tie on votes; summed score 1.0 vs 1.5 -> 2. row 1: all single, highest score -> 3.
     assert list(majority_vote(labels, scores)) == [2, 3]
+    # votes and summed scores tie: the nearer neighbour's label, whichever label that is
+    tied = np.array([[0.5, 0.5, 0.2, 0.2]])
+    assert list(majority_vote(np.array([[7, 4, 4, 7]]), tied)) == [7]
+    assert list(majority_vote(np.array([[4, 7, 7, 4]]), tied)) == [4]
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -78,7 +79,7 @@ def upload(url: str, data: bytes, **params: object) -> requests.Response:
 
 def test_info_names_models_galleries_and_the_files_they_came_from(server: str, pipeline: Path) -> None:
     info = requests.get(f"{server}/api/info", timeout=30).json()
-    assert [m["name"] for m in info["models"]] == ["mobilenetv2", "stack"]
+    assert [m["name"] for m in info["models"]] == ["mobilenetv2", "smallnet", "stack"]
     assert all(m["gallery"] == 80 and m["index"] == "exact" and m["in_dvc_lock"] is True for m in info["models"])
     assert info["params_md5"] == hashlib.md5((pipeline / "params.yaml").read_bytes()).hexdigest()
     assert info["image_size"] == 32 and len(info["classes"]) == 10
@@ -91,7 +92,7 @@ def test_an_uploaded_dataset_image_finds_itself_and_agrees_with_search(
     row = int(prepared.split("test")[0])
     image_id = prepared.index["id"][row]
     answer = upload(server, png_of(prepared.images[row]), k=5).json()
-    assert [r["model"] for r in answer["results"]] == ["mobilenetv2", "stack"]
+    assert [r["model"] for r in answer["results"]] == ["mobilenetv2", "smallnet", "stack"]
     for result in answer["results"]:
         top = result["hits"][0]
         assert top["id"] == image_id and top["score"] > 0.999, result  # the same pixels, the same embedding
@@ -100,7 +101,7 @@ def test_an_uploaded_dataset_image_finds_itself_and_agrees_with_search(
     query.write_bytes(png_of(prepared.images[row]))
     cli = run([sys.executable, "-m", "embedlab.cli", "search", str(query), "--model", "stack", "--json"], pipeline)
     expected = json.loads(cli.stdout)[0]["results"]
-    served = answer["results"][1]["hits"]
+    served = next(r["hits"] for r in answer["results"] if r["model"] == "stack")
     assert [h["id"] for h in served] == [h["id"] for h in expected]
     np.testing.assert_allclose([h["score"] for h in served], [h["score"] for h in expected], atol=1e-4)
 
@@ -200,6 +201,101 @@ def test_a_burst_over_capacity_gets_429_and_the_rest_are_answered(
         assert upload(url, data).status_code == 200
 
 
+def test_a_mixed_burst_answers_each_query_with_its_own_k_and_models(
+    pipeline: Path, prepared: Prepared, tmp_path: Path
+) -> None:
+    """Uploads with different k and model lists share batches (at most serve.max_batch each); every answer holds
+    exactly its own models, in its order, k hits each, ranked as the same query sent alone."""
+    root = _root_with(pipeline, tmp_path / "root", max_batch=4)
+    choices = [(1, "mobilenetv2"), (3, "stack"), (7, "stack,mobilenetv2"), (2, None)]
+    rows = [int(row) for row in prepared.split("test")[:5]]
+    queries = [(rows[i % len(rows)], *choices[i % len(choices)]) for i in range(60)]
+
+    def ask(url: str, query: tuple[int, int, str | None]) -> tuple[int, dict]:
+        row, k, models = query
+        response = upload(url, png_of(prepared.images[row]), k=k, **({"models": models} if models else {}))
+        return response.status_code, response.json()
+
+    with running_server(root, tmp_path / "server.log") as url:
+        alone = {query: ask(url, query)[1] for query in sorted(set(queries), key=str)}
+        with ThreadPoolExecutor(60) as pool:
+            answers = list(pool.map(lambda query: ask(url, query), queries))
+    assert {answer["batch"] for answer in alone.values()} == {1}
+    for (row, k, models), (status, answer) in zip(queries, answers, strict=True):
+        assert status == 200, answer
+        assert [r["model"] for r in answer["results"]] == (
+            models.split(",") if models else ["mobilenetv2", "smallnet", "stack"]
+        )
+        for result, single in zip(answer["results"], alone[row, k, models]["results"], strict=True):
+            assert len(result["hits"]) == k and result["hits"][0]["id"] == prepared.index["id"][row]
+            assert [h["id"] for h in result["hits"]] == [h["id"] for h in single["hits"]]
+    batches = [answer["batch"] for _, answer in answers]
+    assert 1 < max(batches) <= 4, batches
+
+
+@contextmanager
+def server_in_this_process(engine) -> Iterator[str]:
+    """The app over ``engine`` served by uvicorn on 127.0.0.1 from a thread of this process (so a test can reach
+    into the engine); yield its URL."""
+    import threading
+
+    import uvicorn
+
+    from embedlab.serve import create_app
+
+    config = uvicorn.Config(
+        create_app(engine), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the server thread ended before it started serving"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_an_engine_fault_answers_its_batch_with_500_and_the_server_goes_on(
+    pipeline: Path, prepared: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug inside the engine (here: any batch holding a k=3 query raises) fails the requests of that batch with
+    500 and no other; the batching loop keeps serving."""
+    from embedlab.serve_engine import Engine
+
+    engine = Engine(pipeline, ["mobilenetv2"])
+    search, failed_batches = engine.search_uploads, []
+
+    def faulty(queries: list) -> list:
+        if any(k == 3 for _, _, k in queries):
+            failed_batches.append(len(queries))
+            raise RuntimeError("a bug in the engine")
+        return search(queries)
+
+    monkeypatch.setattr(engine, "search_uploads", faulty)
+    data = png_of(prepared.images[0])
+    with server_in_this_process(engine) as url:
+
+        def ask(k: int) -> int | str:
+            try:
+                return requests.post(f"{url}/api/search", params={"k": k}, files={"image": ("q.png", data)},
+                                     timeout=30).status_code  # fmt: skip
+            except requests.Timeout:
+                return "no answer"
+
+        ks = [3 if i % 4 == 0 else 1 for i in range(24)]
+        with ThreadPoolExecutor(24) as pool:
+            statuses = list(pool.map(ask, ks))
+        assert all(status == 500 for status, k in zip(statuses, ks, strict=True) if k == 3), statuses
+        assert set(statuses) <= {200, 500} and statuses.count(500) == sum(failed_batches), (statuses, failed_batches)
+        assert [ask(1), ask(3), ask(2)] == [200, 500, 200]  # still serving after every fault
+        health = requests.get(f"{url}/api/health", timeout=30).json()
+        assert health["pending"] == 0 and health["batched_queries"] == statuses.count(200) + 2
+
+
 def test_serve_errors_are_one_line(pipeline: Path, tmp_path: Path) -> None:
     def serve(root: Path, *args: str) -> subprocess.CompletedProcess:
         return run([sys.executable, "-m", "embedlab.cli", "serve", *args], root, check=False)
@@ -215,7 +311,7 @@ def test_serve_errors_are_one_line(pipeline: Path, tmp_path: Path) -> None:
     )
     unknown = serve(pipeline, "--models", "alexnet")
     assert unknown.stderr.strip().splitlines()[-1] == (
-        "error: --models alexnet: not a model of this pipeline; choose from mobilenetv2, stack"
+        "error: --models alexnet: not a model of this pipeline; choose from mobilenetv2, smallnet, stack"
     )
 
 
@@ -239,14 +335,14 @@ def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepar
         page.on("requestfailed", lambda request: failed.append(request.url))
         page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
         page.goto(server)
-        page.wait_for_function("document.querySelectorAll('#models input').length === 2")
+        page.wait_for_function("document.querySelectorAll('#models input').length === 3")
         page.set_input_files("#file", str(query))  # the file picker, as a user would
         page.wait_for_function(
-            "document.querySelectorAll('.model-row').length === 2 && [...document.querySelectorAll('.hit img')]"
+            "document.querySelectorAll('.model-row').length === 3 && [...document.querySelectorAll('.hit img')]"
             ".every(img => img.complete && img.naturalWidth === 96)"
         )
         rows = page.query_selector_all(".model-row")
-        assert [r.get_attribute("data-model") for r in rows] == ["mobilenetv2", "stack"]
+        assert [r.get_attribute("data-model") for r in rows] == ["mobilenetv2", "smallnet", "stack"]
         assert all(len(r.query_selector_all("figure.hit")) == 8 for r in rows)
         first = rows[0].query_selector("figure.hit")
         assert first.get_attribute("title").startswith(prepared.index["id"][row])  # itself, the best match
@@ -258,7 +354,7 @@ def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepar
         clicked = rows[0].query_selector_all("figure.hit")[2].get_attribute("title").split("\n")[0]
         rows[0].query_selector_all("figure.hit")[2].click()
         page.wait_for_function(f"document.getElementById('query-caption').textContent === {json.dumps(clicked)}")
-        page.wait_for_function("document.querySelectorAll('.model-row').length === 2")
+        page.wait_for_function("document.querySelectorAll('.model-row').length === 3")
         assert page.inner_text("#error") == ""
         chromium.close()
     assert not failed, failed  # everything the page loads is served by embedlab, and loads

@@ -1,11 +1,13 @@
-"""Real TensorFlow training on a tiny slice of digits: determinism, exact resume after a kill, two-device
-mirrored training, the triplet loss in the loop, and `dvc repro` through embed."""
+"""Real TensorFlow training on a tiny slice of digits: determinism, exact resume after a kill, early stopping and the
+best epoch restored, two-device mirrored training, triplet-only training; and the fast parts of the loop (the training
+budget, the data pipeline, flip-averaged scoring) by value."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from embedlab.params import DataParams, parse_params
 
 from .conftest import REPO
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # real training: the quick loop (-m "not slow") leaves these out
 
 TINY = {
     "data": {"max_per_class": 14, "image_size": 32},
@@ -81,6 +83,7 @@ def _model_hashes(root: Path) -> dict[str, str]:
     return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted((root / "models").glob("mobilenetv2.*"))}
 
 
+@slow
 def test_same_params_same_metrics_and_outputs(workdir: Path, reference: dict) -> None:
     first = _model_hashes(workdir)
     again = _train(workdir)
@@ -95,6 +98,7 @@ def test_same_params_same_metrics_and_outputs(workdir: Path, reference: dict) ->
     assert not (workdir / "models" / ".work").joinpath("mobilenetv2").exists()
 
 
+@slow
 def test_killed_run_resumes_to_the_same_result(workdir: Path, reference: dict) -> None:
     state = workdir / "models" / ".work" / "mobilenetv2" / "state.json"
     process = _train(workdir, wait=False)
@@ -142,6 +146,7 @@ def _epochs_trained(root: Path) -> list[tuple[str, int]]:
     return [(words[3], int(words[5].rstrip(":"))) for words in logged]  # INFO logger: name phase epoch N:
 
 
+@slow
 def test_resume_across_the_warmup_boundary_and_after_a_discarded_checkpoint(tmp_path: Path) -> None:
     """A checkpoint from other params is discarded (a full run follows); one made at the end of the frozen warm-up
     resumes into the fine-tune phase; both end exactly where an uninterrupted run ends."""
@@ -169,6 +174,7 @@ def test_resume_across_the_warmup_boundary_and_after_a_discarded_checkpoint(tmp_
     assert len(rows.strip().splitlines()) == 1 + 3
 
 
+@slow
 def test_stage_output_has_no_tensorflow_startup_noise(workdir: Path, reference: dict) -> None:
     output = (workdir / "train.log").read_text()
     for noise in ("absl::InitializeLog", "port.cc", "cudart_stub", "cpu_feature_guard"):
@@ -176,6 +182,7 @@ def test_stage_output_has_no_tensorflow_startup_noise(workdir: Path, reference: 
     assert "mobilenetv2 finetune epoch 3" in output  # our own log still shows
 
 
+@slow
 def test_timings_say_where_the_epoch_time_goes(reference: dict) -> None:
     parts = sum(reference[f"seconds_{part}"] for part in ("fit", "recalibrate", "validate", "checkpoint", "other"))
     assert 0 < reference["seconds_fit"] <= parts < reference["wall_seconds"]
@@ -184,6 +191,7 @@ def test_timings_say_where_the_epoch_time_goes(reference: dict) -> None:
     assert 0 < reference["cpu_cores_used"] <= os.cpu_count() + 0.5
 
 
+@slow
 @pytest.mark.parametrize(("user_setting", "expected"), [(None, "1 True"), ("0", "0 False")])
 def test_onednn_is_on_unless_the_user_turns_it_off(user_setting: str | None, expected: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
@@ -199,6 +207,7 @@ def test_onednn_is_on_unless_the_user_turns_it_off(user_setting: str | None, exp
     assert result.stderr == ""  # and not one line of start-up noise
 
 
+@slow
 def test_mirrored_on_two_logical_cpus(workdir: Path, tmp_path: Path) -> None:
     script = (
         "import tensorflow as tf, sys, runpy;"
@@ -216,23 +225,107 @@ def test_mirrored_on_two_logical_cpus(workdir: Path, tmp_path: Path) -> None:
     assert metrics["devices"] == 2 and metrics["epochs_run"] == 2
 
 
-def test_triplet_loss_trains(workdir: Path, tmp_path: Path) -> None:
-    params = {**TINY, "train": {**TINY["train"], "loss": "softmax+triplet", "triplet_mining": "semi_hard", "epochs": 2}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").symlink_to(workdir / "data")
-    metrics = _train(tmp_path)
-    assert metrics["epochs_run"] == 2 and np.isfinite(metrics["best_val_loss"])
+def _fit_smallnet(root: Path, work: Path, smallnet: dict, augment: dict = TINY["augment"], **train: object):
+    """Train smallnet in this process (no stage around it) on the tiny digits; return the result and the params."""
+    from embedlab.training import Trainer
+
+    raw = {**TINY, "augment": augment, "train": {**TINY["train"], **train},
+           "backbones": {"smallnet": {"dropout": 0.0, **smallnet}}}  # fmt: skip
+    params = parse_params(raw)
+    model_params, train_params = params.for_backbone("smallnet")
+    trainer = Trainer(
+        "smallnet", model_params, train_params, params.augment, prepared_dir=root / "data" / "prepared",
+        work_dir=work / "checkpoints", live_dir=work / "live",
+    )  # fmt: skip
+    return trainer.run(), train_params
 
 
-def test_training_budget_leaves_evaluation_whole(workdir: Path, tmp_path: Path, reference: dict) -> None:
-    params = {**TINY, "backbones": {"mobilenetv2": {"max_per_class": 3}}, "train": {**TINY["train"], "epochs": 1}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "data").symlink_to(workdir / "data")
-    metrics = _train(tmp_path)
-    assert metrics["train_images"] == 3 * 10 < reference["train_images"]
-    assert "epoch 1:" in (tmp_path / "train.log").read_text()
+def _map_at_5(root: Path, vectors: np.ndarray | None) -> float:
+    """mAP@5 of the test split against train (the evaluate stage's protocol); ``None``: raw pixels."""
+    from embedlab.data.prepare import Prepared
+    from embedlab.embeddings import EmbeddingSet, raw_pixel_set
+    from embedlab.evaluation import evaluate_model
+    from embedlab.params import EvaluateParams
+
+    raw = raw_pixel_set(Prepared.open(root / "data" / "prepared"))
+    emb = raw if vectors is None else EmbeddingSet(vectors, raw.ids, raw.labels, raw.splits, raw.class_names)
+    return evaluate_model(emb, EvaluateParams(k=5))[0]["map@5"]
 
 
+@slow
+def test_early_stopping_keeps_the_best_epoch_and_a_run_resumed_after_it_stops_alike(
+    workdir: Path, tmp_path: Path
+) -> None:
+    from embedlab.training_data import TrainingData
+
+    smallnet = {"epochs": 20, "optimizer": "sgd", "lr": 0.4}
+    result, train = _fit_smallnet(workdir, tmp_path / "a", smallnet, patience=2, checkpoint_interval=0)
+    losses = [row["val/loss"] for row in result.history]
+    best = int(np.argmin(losses))
+    metrics = result.metrics
+    # Stopped `patience` epochs after the best one, well before train.epochs, and says which epoch it kept.
+    assert metrics["epochs_run"] == len(losses) == best + 1 + 2 < 20
+    assert metrics["best_epoch"] == best + 1 and metrics["best_val_loss"] == pytest.approx(losses[best], abs=1e-6)
+    # The returned model holds the best epoch's weights, not the last epoch's: its val loss is the best one.
+    val = TrainingData.load(workdir / "data" / "prepared", train).dataset("val")
+    scored = result.trainer.evaluate(val, verbose=0, return_dict=True)
+    assert scored["loss"] == pytest.approx(losses[best], abs=1e-4) and abs(losses[-1] - losses[best]) > 1e-3
+    assert metrics["val_accuracy"] == pytest.approx(result.history[best]["val/accuracy"], abs=1e-6)
+
+    # checkpoint_interval 0: a checkpoint after every epoch but the last. A run restarted on that folder (as after a
+    # kill between the last checkpoint and the outputs) trains only the last epoch and stops exactly alike.
+    state = json.loads((tmp_path / "a" / "checkpoints" / "state.json").read_text())
+    assert (state["epoch"], state["best_epoch"], state["stopped_early"]) == (len(losses) - 1, best, False)
+    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+    resumed, _ = _fit_smallnet(workdir, tmp_path / "b", smallnet, patience=2, checkpoint_interval=0)
+    assert resumed.history == result.history and _quality(resumed.metrics) == _quality(metrics)
+    assert metrics["seconds_checkpoint"] > 0 and resumed.metrics["seconds_checkpoint"] == 0  # its only epoch: last
+
+    # A time-based interval longer than the run: no checkpoint is written, and the run is the same.
+    untouched, _ = _fit_smallnet(workdir, tmp_path / "c", smallnet, patience=2, checkpoint_interval=3600)
+    assert not (tmp_path / "c" / "checkpoints").exists() and untouched.metrics["seconds_checkpoint"] == 0
+    assert untouched.history == result.history
+
+
+@slow
+def test_triplet_only_training_learns_an_embedding_that_beats_raw_pixels(workdir: Path, tmp_path: Path) -> None:
+    """No softmax term: the triplet loss alone must move the embedding (an untrained smallnet scores ~0.1)."""
+    from embedlab.data.prepare import Prepared
+    from embedlab.embeddings import embed_images
+
+    smallnet = {"epochs": 6, "optimizer": "sgd", "lr": 0.2}
+    result, _ = _fit_smallnet(workdir, tmp_path, smallnet, augment={}, loss="triplet", patience=10)
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    images = Prepared.open(workdir / "data" / "prepared").images
+    trained, pixels = (
+        _map_at_5(workdir, embed_images(result.embedding, images, progress=False)),
+        _map_at_5(workdir, None),
+    )
+    assert trained > pixels + 0.05, (trained, pixels)
+
+
+def test_the_training_budget_cuts_the_train_split_only(workdir: Path) -> None:
+    """``max_per_class`` is a class-balanced subset of train; val and test are scored whole."""
+    from embedlab.data.prepare import Prepared
+    from embedlab.params import TrainParams
+    from embedlab.training_data import TrainingData
+
+    prepared = Prepared.open(workdir / "data" / "prepared")
+    data = TrainingData.load(workdir / "data" / "prepared", TrainParams(max_per_class=3))
+    train_images, train_labels = data.arrays["train"]
+    assert np.bincount(train_labels).tolist() == [3] * 10 and data.train_size == 30
+    for split in ("val", "test"):
+        images, labels = data.arrays[split]
+        rows = prepared.split(split)
+        np.testing.assert_array_equal(images, prepared.images[rows])
+        np.testing.assert_array_equal(labels, prepared.labels[rows])
+    everything = TrainingData.load(workdir / "data" / "prepared", TrainParams())
+    assert everything.train_size == len(prepared.split("train")) > 30
+    train_rows = [bytes(image) for image in everything.arrays["train"][0]]
+    assert all(bytes(image) in train_rows for image in train_images)  # the subset is drawn from the train split
+
+
+@slow
 def test_a_diverging_run_stops_with_one_line_naming_the_lr(workdir: Path, tmp_path: Path) -> None:
     params = {**TINY, "train": {**TINY["train"], "optimizer": "sgd", "lr": 1e30, "epochs": 2}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -282,6 +375,7 @@ def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
     assert data.flip_averaged_accuracy(model, "test") == pytest.approx(expected)
 
 
+@slow
 def test_identity_init_reaches_the_model_the_train_stage_trains(workdir: Path, tmp_path: Path) -> None:
     from embedlab.training import Trainer
 
