@@ -25,7 +25,9 @@ def require_output(path: str | Path, stage: str) -> Path:
 
 def run_main(main: Callable[[], object]) -> None:
     """Run a stage or command entry point, turning a :class:`UserError` into one line on stderr and exit 2."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # embedlab's own progress at INFO; other libraries only when they warn (faiss logs its CPU build at INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedlab").setLevel(logging.INFO)
     try:
         main()
     except UserError as err:

@@ -44,8 +44,11 @@ def export_embeddings(
     emb = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)), mmap=True)
     out = Path(out or f"{model}.{fmt}")
     if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise UserError('--format parquet needs pyarrow: pip install -e ".[parquet]"') from None
 
         with atomic_file(out, "wb") as handle:
             writer = None

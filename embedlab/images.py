@@ -31,8 +31,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
         image = Image.fromarray(scaled.round().astype(np.uint8), "L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        image = image.convert("RGBA")  # a palette's or a PNG tRNS colour key's transparency becomes alpha
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))

@@ -37,11 +37,30 @@ def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_
         elif source.exists():
             shutil.copy2(source, target)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
-    write_json(
-        out / "run.json",
-        {"command": command, "commit": commit, "cpu": cpu_description(), "pipeline_seconds": pipeline_seconds},
-    )
+    description = {"command": command, "commit": commit, "cpu": cpu_description(), "pipeline_seconds": pipeline_seconds}
+    write_json(out / "run.json", {**description, "environment": environment(run)})
     return out
+
+
+def environment(run: Path) -> dict[str, object]:
+    """Which software made the run: the hash of the run's ``requirements.lock`` (the exact versions, when it was
+    installed from it) and the installed versions of the libraries that change output bytes."""
+    import hashlib
+    import platform
+    from importlib import metadata
+
+    lock = run / "requirements.lock"
+    versions = {}
+    for package in ("tensorflow", "keras", "numpy", "scikit-learn", "faiss-cpu", "pillow", "dvc"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "requirements_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None,
+        "python": platform.python_version(),
+        "packages": versions,
+    }
 
 
 def _read(path: Path) -> dict:

@@ -132,9 +132,12 @@ class FaissIndex:
         k = min(k, self.size)
         exclude = query_ids is not None and self.gallery_ids is not None
         wanted = min(k + 1, self.size) if exclude else k
-        if hasattr(self.index, "hnsw"):  # HNSW returns at most efSearch results
-            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, wanted)
-        scores, indices = self.index.search(np.ascontiguousarray(queries, np.float32), wanted)
+        options = {}
+        if hasattr(self.index, "hnsw"):  # HNSW returns at most efSearch results: deepen this search only
+            import faiss
+
+            options["params"] = faiss.SearchParametersHNSW(efSearch=max(self.index.hnsw.efSearch, wanted))
+        scores, indices = self.index.search(np.ascontiguousarray(queries, np.float32), wanted, **options)
         if self.metric == "euclidean":
             scores = -np.sqrt(np.maximum(scores, 0))
         scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from embedlab.errors import UserError
@@ -37,8 +38,13 @@ def create_app(engine: Engine) -> FastAPI:
         yield
         await batcher.stop()
 
-    app = FastAPI(
-        title="embedlab", lifespan=lifespan, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json"
+    app = FastAPIOffline(  # the API docs page's scripts are served from here, not a CDN: it works offline
+        title="embedlab",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        static_url="/api/docs-static",
     )
 
     @app.exception_handler(RequestError)

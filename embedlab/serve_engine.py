@@ -7,7 +7,6 @@ batch (dynamic batching), so each backbone runs once per batch and throughput gr
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ import yaml
 
 from embedlab.embeddings import STACK, embedding_path
 from embedlab.errors import UserError, require_output
+from embedlab.fsutil import md5sum
 from embedlab.images import ImageDecodeError, decode, fit_to_square
 from embedlab.params import Params, ServeParams, load_params
 from embedlab.query import Gallery, Hit, QueryEmbedder
@@ -70,7 +70,7 @@ class Engine:
                     "gallery": len(g),
                     "dim": g.dim,
                     "index": g.index_kind,
-                    "embeddings_md5": _md5(embedding_path(m, root)),
+                    "embeddings_md5": md5sum(embedding_path(m, root)),
                     "in_dvc_lock": _in_lock(root, m),
                 }
                 for m, g in self.galleries.items()
@@ -80,7 +80,7 @@ class Engine:
             "flip_average": params.embed.flip_average,
             "image_size": self.image_size,
             "classes": list(self.prepared.class_names),
-            "params_md5": _md5(root / "params.yaml"),
+            "params_md5": md5sum(root / "params.yaml"),
             "k": self.params.k,
             "max_k": self.params.max_k,
             "max_upload_mb": self.params.max_upload_mb,
@@ -173,14 +173,6 @@ class Engine:
         return out.getvalue()
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _in_lock(root: Path, model: str) -> bool | None:
     """Whether the model's embeddings file is the one ``dvc.lock`` records (None: no lock or no entry)."""
     lock = root / "dvc.lock"
@@ -190,7 +182,7 @@ def _in_lock(root: Path, model: str) -> bool | None:
     outs = (yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) or {}).get("outs", [])
     path = embedding_path(model, ".").as_posix()
     recorded = [out.get("md5") for out in outs if out.get("path") == path]
-    return recorded[0] == _md5(embedding_path(model, root)) if recorded else None
+    return recorded[0] == md5sum(embedding_path(model, root)) if recorded else None
 
 
 class Batcher:

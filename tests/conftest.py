@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -94,7 +95,10 @@ class FileServer:
     honour_range: bool = True
     cut_after: int | None = None  # bytes sent before dropping the connection
     cuts_left: int = 0
+    busy: list[tuple[int, str | None]] = field(default_factory=list)  # first answers: (429/503, Retry-After)
+    gzip_if_accepted: bool = False  # like many servers: Content-Encoding gzip when the client accepts it
     range_headers: list[str | None] = field(default_factory=list)
+    accept_encodings: list[str | None] = field(default_factory=list)
     url: str = ""
 
 
@@ -107,7 +111,19 @@ def file_server(cifar_archive: CifarArchive) -> Iterator[FileServer]:
             pass
 
         def do_GET(self) -> None:
+            state.accept_encodings.append(self.headers.get("Accept-Encoding"))
+            if state.busy:
+                status, retry_after = state.busy.pop(0)
+                self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = state.payload
+            encoded = state.gzip_if_accepted and "gzip" in (self.headers.get("Accept-Encoding") or "")
+            if encoded:
+                body = gzip.compress(body, mtime=0)
             requested = self.headers.get("Range")
             state.range_headers.append(requested)
             start = 0
@@ -122,6 +138,8 @@ def file_server(cifar_archive: CifarArchive) -> Iterator[FileServer]:
             else:
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body) - start))
+            if encoded:
+                self.send_header("Content-Encoding", "gzip")
             self.end_headers()
             chunk = body[start:]
             if state.cuts_left > 0 and state.cut_after is not None:

@@ -120,3 +120,30 @@ def test_local_archive_is_verified(tmp_path: Path, cifar_archive: CifarArchive) 
         cifar10.obtain_archive("unused", str(cifar_archive.path))
     with pytest.raises(DownloadError, match=r"data\.path"):
         cifar10.obtain_archive("unused", str(tmp_path / "missing.tar.gz"))
+
+
+def test_a_busy_server_is_retried_after_the_time_it_asks_for(
+    tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr("embedlab.data.http.time.sleep", waits.append)
+    file_server.busy = [(503, "7"), (429, None), (503, "100000")]
+    dest = download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, backoff=0.5, progress=False)
+    assert dest.read_bytes() == cifar_archive.path.read_bytes()
+    assert waits == [7.0, 1.0, 120.0]  # Retry-After; none given: back-off (0.5 * 2); a huge one: capped
+    file_server.busy = [(503, "0")] * 3
+    with pytest.raises(DownloadError, match=r"after 3 attempts: HTTP 503"):
+        download(file_server.url, tmp_path / "again.tar.gz", cifar_archive.md5, retries=2, progress=False)
+    assert not (tmp_path / "again.tar.gz").exists()
+
+
+def test_a_resumed_download_asks_for_the_stored_bytes(
+    tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive
+) -> None:
+    """A server that gzips for clients that accept it: a resume offset counts stored bytes, so every request must
+    ask for those (identity), or the resumed file is garbage."""
+    file_server.gzip_if_accepted = True
+    file_server.cut_after, file_server.cuts_left = len(file_server.payload) // 2, 1
+    dest = download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, backoff=0.01, progress=False)
+    assert dest.read_bytes() == cifar_archive.path.read_bytes()
+    assert file_server.accept_encodings == ["identity", "identity"] and file_server.range_headers[1] is not None

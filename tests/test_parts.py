@@ -5,6 +5,8 @@ mixed precision and weight files."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -49,6 +51,21 @@ def test_transparency_is_composited_on_white() -> None:
     Image.fromarray(rgba, "RGBA").save(out, "PNG")
     pixels = np.asarray(decode(out.getvalue()))
     assert (pixels[:, :2] == 255).all() and (pixels[:, 2:] == (255, 0, 0)).all()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_transparency_colour_key_is_composited_on_white(mode: str) -> None:
+    """PNG's tRNS chunk on a grey or RGB image marks one colour transparent: those pixels become white."""
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    pixels[0, 0] = pixels[1, 1] = (10, 10, 10)  # the transparent key
+    pixels[0, 1] = pixels[1, 0] = (200, 200, 200)
+    image = Image.fromarray(pixels).convert(mode)
+    key = (10, 10, 10) if mode == "RGB" else 10
+    out = io.BytesIO()
+    image.save(out, "PNG", transparency=key)
+    decoded = np.asarray(decode(out.getvalue()))
+    np.testing.assert_array_equal(decoded[[0, 1], [0, 1]], [[255, 255, 255]] * 2)
+    np.testing.assert_array_equal(decoded[[0, 1], [1, 0]], [[200, 200, 200]] * 2)
 
 
 def test_fit_crop_pad_and_stretch() -> None:
@@ -203,3 +220,24 @@ def test_a_missing_weights_file_is_one_line(tmp_path: Path) -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(UserError, match=r"model.weights: .*nope.weights.h5 does not exist"):
         load_weights(model, str(tmp_path / "nope.weights.h5"))
+
+
+def test_only_embedlab_logs_at_info_in_a_stage() -> None:
+    """Stage output shows embedlab's own progress, not other libraries' INFO lines (faiss names its CPU build)."""
+    script = (
+        "import logging, numpy as np\n"
+        "from embedlab.errors import run_main\n"
+        "def main():\n"
+        "    from embedlab.params import FaissParams\n"
+        "    from embedlab.search import FaissIndex\n"
+        "    FaissIndex(np.eye(4, dtype='float32'), 'cosine', FaissParams(type='flat'))\n"
+        "    logging.getLogger('embedlab.training').info('our progress')\n"
+        "    logging.getLogger('somelib').warning('a warning still shows')\n"
+        "run_main(main)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "INFO embedlab.training: our progress",
+        "WARNING somelib: a warning still shows",
+    ]

@@ -4,7 +4,9 @@ the report on it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +159,22 @@ def test_a_query_skips_a_backbone_the_stack_weighs_zero(pipeline: Path, tmp_path
     expected = np.argsort(-scores, kind="stable")[:5]
     assert [h["id"] for h in hits] == list(gallery.ids[expected])
     np.testing.assert_allclose([h["score"] for h in hits], scores[expected], atol=1e-4)
+
+
+def test_every_output_has_the_mode_the_umask_gives(pipeline: Path) -> None:
+    """Outputs are made with the user's umask (the atomic writers' temporary files would be private: 0600/0700),
+    so a teammate sharing the checkout can read them."""
+    mask = os.umask(0)
+    os.umask(mask)
+    wrong = []
+    for top in ("data", "models", "metrics", "plots", "dvclive", "projector"):
+        for path in [pipeline / top, *(pipeline / top).rglob("*")]:
+            if path.is_symlink() or ".dvc" in path.parts:
+                continue
+            expected = (0o777 if path.is_dir() else 0o666) & ~mask
+            if stat.S_IMODE(path.stat().st_mode) != expected:
+                wrong.append(f"{path.relative_to(pipeline)}: {oct(stat.S_IMODE(path.stat().st_mode))}")
+    assert not wrong, wrong
 
 
 def test_export_command(pipeline: Path, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import shutil
 from pathlib import Path
@@ -20,6 +22,7 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     for name in ("metrics", "plots", "dvclive"):
         shutil.copytree(REPO / name, run / name)
     shutil.copy(REPO / "params.yaml", run / "params.yaml")
+    shutil.copy(REPO / "requirements.lock", run / "requirements.lock")
     # A number changed in the run's metrics must show up in the table: nothing is read from anywhere else.
     retrieval = json.loads((run / "metrics/retrieval/resnet50.json").read_text())
     retrieval["map@5"] = 0.123456
@@ -32,7 +35,13 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     main(["results", "collect", str(run), str(tmp_path / "out"), "--seconds", "12.5"])
     out = tmp_path / "out"
     assert (out / "metrics/retrieval/resnet50.json").exists() and (out / "plots/train").is_dir()
-    assert json.loads((out / "run.json").read_text())["pipeline_seconds"] == 12.5
+    described = json.loads((out / "run.json").read_text())
+    assert described["pipeline_seconds"] == 12.5
+    environment = described["environment"]  # which exact environment made the run
+    assert (
+        environment["requirements_lock_sha256"] == hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    )
+    assert environment["packages"]["tensorflow"] == importlib.metadata.version("tensorflow")
     rows = {row["model"]: row for row in table_rows(out)}
     assert list(rows)[-2:] == ["stack", "raw_pixels"]
     assert rows["resnet50"]["map@5"] == 0.123456

@@ -220,3 +220,14 @@ def test_map_at_r_and_r_precision_equal_a_brute_force_reference() -> None:
     assert report.metrics["map@r"] == pytest.approx(np.mean(map_r), abs=1e-6)
     assert report.metrics["r_precision"] == pytest.approx(np.mean(r_prec), abs=1e-6)
     assert 0 < report.metrics["map@r"] < report.metrics["r_precision"] < 1
+
+
+def test_a_deep_hnsw_search_leaves_the_index_as_configured() -> None:
+    """HNSW returns at most efSearch results, so a deeper query searches deeper, for that call only: one k=100
+    request must not slow every later search."""
+    gallery = l2_normalize(np.random.default_rng(0).normal(size=(400, 8)))
+    index = FaissIndex(gallery, "cosine", FaissParams(type="hnsw", ef_search=16))
+    idx, scores = index.top_k(gallery[:3], 150)
+    assert idx.shape == (3, 150) and (idx >= 0).all() and np.isfinite(scores).all()
+    assert index.index.hnsw.efSearch == 16
+    assert (index.top_k(gallery[:3], 5)[0][:, 0] == [0, 1, 2]).all()

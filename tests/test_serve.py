@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,14 @@ def test_a_query_by_id_ranks_like_exact_search_and_leaves_itself_out(server: str
     hits = answer["results"][0]["hits"]
     assert [h["id"] for h in hits] == list(emb.ids[expected])
     np.testing.assert_allclose([h["score"] for h in hits], scores[expected], atol=1e-5)
+
+
+def test_the_api_docs_page_loads_nothing_from_another_host(server: str) -> None:
+    html = requests.get(f"{server}/api/docs", timeout=30).text
+    linked = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html)
+    assert len(linked) >= 3 and all(url.startswith("/api/") for url in linked), linked
+    for url in linked:
+        assert requests.get(f"{server}{url}", timeout=30).status_code == 200, url
 
 
 def test_images_and_thumbnails_are_the_prepared_pixels(server: str, prepared: Prepared) -> None:
@@ -356,6 +365,9 @@ def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepar
         page.wait_for_function(f"document.getElementById('query-caption').textContent === {json.dumps(clicked)}")
         page.wait_for_function("document.querySelectorAll('.model-row').length === 3")
         assert page.inner_text("#error") == ""
+        page.goto(f"{server}/api/docs")  # the API docs draw offline: their scripts come from the server
+        page.wait_for_selector(".swagger-ui .info .title")
+        assert page.inner_text(".swagger-ui .info .title").startswith("embedlab")
         chromium.close()
     assert not failed, failed  # everything the page loads is served by embedlab, and loads
     picture = np.asarray(Image.open(shot).convert("L"), np.float32)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlab.data.http import ChecksumError, DownloadError, download, md5sum
+from embedlab.data.http import ChecksumError, DownloadError, download
 from embedlab.data.raw import RawInfo, write_array_dataset
 from embedlab.errors import UserError
+from embedlab.fsutil import md5sum
 
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"
 ARCHIVE_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"

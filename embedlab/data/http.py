@@ -1,26 +1,31 @@
 """Verified, resumable HTTP downloads.
 
 A download streams into ``<dest>.part`` next to its destination, resumes that partial file with an HTTP ``Range``
-request after a dropped connection (or in a later run), retries with exponential back-off, checks size and MD5, and
-only then renames the file into place. A failed download never leaves a file at ``dest``.
+request after a dropped connection (or in a later run), retries with exponential back-off (a busy server's 429 or 503
+after the ``Retry-After`` it asks for), checks size and MD5, and only then renames the file into place. A failed
+download never leaves a file at ``dest``. Every request asks for the bytes as stored (``Accept-Encoding: identity``):
+a compressed response would be decoded on the fly, and the decoded length is not the offset a ``Range`` resumes at.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import requests
 from tqdm import tqdm
 
 from embedlab.errors import UserError
+from embedlab.fsutil import durable_replace, md5sum
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 16  # a dropped connection loses at most one chunk of progress
+MAX_RETRY_AFTER = 120.0  # seconds: a longer Retry-After is capped (the attempts stay bounded in time)
+BUSY = (429, 503)  # "too many requests", "unavailable": the server says try again later
 
 
 class DownloadError(UserError):
@@ -31,22 +36,35 @@ class ChecksumError(DownloadError):
     """The fetched bytes do not match the expected MD5."""
 
 
-def md5sum(path: str | Path) -> str:
-    """The file's MD5, read in chunks (archives are larger than memory should hold)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class _Busy(Exception):
+    """The server answered 429 or 503: try again after ``wait`` seconds (its Retry-After), if it said."""
+
+    def __init__(self, status: int, wait: float | None) -> None:
+        super().__init__(f"HTTP {status}" + (f", retry after {wait:g}s" if wait is not None else ""))
+        self.wait = wait
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
 
 
 def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
     """Stream ``url`` into ``part``, appending when the server honours our Range request."""
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and have:
             return  # we already hold every byte; the checksum decides.
+        if response.status_code in BUSY:
+            raise _Busy(response.status_code, _retry_after(response.headers.get("Retry-After")))
         if response.status_code not in (200, 206):
             response.raise_for_status()
             raise DownloadError(f"unexpected HTTP {response.status_code} from {url}")
@@ -99,10 +117,11 @@ def download(
         try:
             _fetch_once(url, part, timeout, progress)
             break
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Busy) as err:
             if attempt == retries:
                 raise DownloadError(f"could not download {url} after {retries + 1} attempts: {err}") from err
-            wait = backoff * 2**attempt
+            asked = err.wait if isinstance(err, _Busy) else None
+            wait = min(asked, MAX_RETRY_AFTER) if asked is not None else backoff * 2**attempt
             log.warning("download interrupted (%s); retrying in %.1fs", err, wait)
             time.sleep(wait)
         except requests.HTTPError as err:
@@ -111,5 +130,5 @@ def download(
     if actual != md5:
         part.unlink()
         raise ChecksumError(f"checksum mismatch for {url}: expected md5 {md5}, got {actual}")
-    os.replace(part, dest)
+    durable_replace(part, dest)
     return dest
