@@ -120,10 +120,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning_curve"))
     args = parser.parse_args()
 
+    from embedlab.results import read_report
     from embedlab.runtime import cpu_description
 
-    run_train = json.loads((args.run / "metrics" / "train" / f"{args.backbone}.json").read_text())
-    run_retrieval = json.loads((args.run / "metrics" / "retrieval" / f"{args.backbone}.json").read_text())
+    run_train = read_report(args.run, "train", args.backbone)
+    run_retrieval = read_report(args.run, "retrieval", args.backbone)
     full_epochs = run_train["epochs_run"]
     rows = [
         {

@@ -228,6 +228,7 @@ def recorded_run_roofline(results_dir: Path) -> None:
 
     from embedlab.models import build_models
     from embedlab.params import parse_params
+    from embedlab.results import read_report
 
     params = parse_params(yaml.safe_load((results_dir / "params.yaml").read_text()))
     gflops = matmul_gflops()
@@ -236,7 +237,7 @@ def recorded_run_roofline(results_dir: Path) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in params.backbones:
         model_params, train_params = params.for_backbone(name)
-        metrics = json.loads((results_dir / "metrics" / "train" / f"{name}.json").read_text())
+        metrics = read_report(results_dir, "train", name)
         models = build_models(name, params.data.image_size, 10, embedding_dim=model_params.embedding_dim)
         train_gflop = 3 * forward_flops(models.trainer) / 1e9
         roof = gflops / train_gflop

@@ -5,6 +5,7 @@ embedlab search a.png b.jpg --model resnet50 --json
 embedlab serve --port 8000                      # web page + JSON API over every model
 embedlab export --model stack --format parquet --out stack.parquet
 embedlab results table results/cifar10
+embedlab experiments                            # dvc exp show, narrowed to changed params and each model's mAP@k
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ def _results(args: argparse.Namespace) -> None:
     print(markdown_table(args.results_dir))
 
 
+def _experiments(args: argparse.Namespace) -> None:
+    from embedlab.experiments import experiment_table, format_table
+    from embedlab.params import load_params
+
+    metric = args.metric or f"map@{load_params().evaluate.k}"
+    print(format_table(*experiment_table(".", metric=metric)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``embedlab`` command line (see this module's docstring)."""
     parser = argparse.ArgumentParser(prog="embedlab", description="Query, serve and export the pipeline's embeddings.")
@@ -111,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     table.add_argument("results_dir")
     for sub in (collect, table):
         sub.set_defaults(run=_results)
+    experiments = commands.add_parser(
+        "experiments", help="DVC experiments side by side: the params that differ and each model's mAP@k"
+    )
+    experiments.add_argument("--metric", help="a key of metrics/retrieval/<model>.json (default: map@<evaluate.k>)")
+    experiments.set_defaults(run=_experiments)
+
     args = parser.parse_args(argv)
     if getattr(args, "k", 1) < 1:
         parser.error("--k must be at least 1")

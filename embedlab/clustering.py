@@ -1,9 +1,10 @@
 """The cluster stage: K-Means quality metrics and 2-D maps (t-SNE, PCA) of each model's test-split embeddings.
 
-Metrics per model (``metrics/cluster/<model>.json``): NMI and ARI between K-Means clusters and true classes,
-purity (share of images whose cluster's majority class is their own class) and the cosine silhouette of the
-K-Means clusters. 2-D maps are drawn from a per-class sample (every class shows even when unbalanced) as a PNG
-with two panels (true class | K-Means cluster) and as a JSON scatter for ``dvc plots show/diff``.
+Metrics per model (``reports/cluster/<model>.json``; NMI also in ``metrics/cluster/<model>.json``): NMI and ARI
+between K-Means clusters and true classes, purity (share of images whose cluster's majority class is their own
+class) and the cosine silhouette of the K-Means clusters. 2-D maps are drawn from a per-class sample (every class
+shows even when unbalanced) as a PNG with two panels (true class | K-Means cluster) and as a JSON scatter for
+``dvc plots show/diff``.
 
 t-SNE (Barnes-Hut) costs O(n log n) in the sample size n: ~1,000 points take a few seconds on 2 cores, 10,000 about
 ten times as long; ``cluster.tsne.sample`` bounds it whatever the dataset size.

@@ -27,8 +27,13 @@ def gallery_rows(emb: EmbeddingSet, gallery: Literal["train", "train+val"]) -> n
     return emb.rows(gallery)
 
 
+def stack_gain(stack: dict[str, float], backbones: list[dict[str, float]], k: int) -> float:
+    """What the stack adds: its mAP@k minus its best member's (negative: it costs)."""
+    return round(stack[f"map@{k}"] - max(m[f"map@{k}"] for m in backbones), 6)
+
+
 def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str, float], RetrievalReport]:
-    """One model's metrics (rounded, as written to ``metrics/retrieval/<model>.json``) and its full report."""
+    """One model's metrics (rounded, as written to ``reports/retrieval/<model>.json``) and its full report."""
     queries, gallery = emb.split("test"), gallery_rows(emb, params.gallery)
     index = build_index(
         emb.embeddings[gallery], params.metric, kind=params.index, faiss=params.faiss, gallery_ids=emb.ids[gallery]

@@ -16,7 +16,7 @@ from pathlib import Path
 from embedlab.errors import UserError
 from embedlab.fsutil import write_json
 
-COPIED = ("params.yaml", "dvc.lock", "metrics", "dvclive", "plots")
+COPIED = ("params.yaml", "dvc.lock", "metrics", "reports", "dvclive", "plots")
 RAW_PIXELS, STACK = "raw_pixels", "stack"
 
 
@@ -67,6 +67,13 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def read_report(root: str | Path, kind: str, name: str) -> dict:
+    """A model's full figures: ``reports/<kind>/<name>.json``, or ``metrics/`` in runs recorded before the headline
+    metrics and the reports were split."""
+    full = Path(root) / "reports" / kind / f"{name}.json"
+    return _read(full if full.exists() else Path(root) / "metrics" / kind / f"{name}.json")
+
+
 def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     """One row per model (backbones in params order, then the stack and raw pixels) from the metrics files."""
     import yaml
@@ -75,10 +82,10 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     params = yaml.safe_load((root / "params.yaml").read_text())
     rows = []
     for name in [*params["backbones"], STACK, RAW_PIXELS]:
-        retrieval = _read(root / "metrics" / "retrieval" / f"{name}.json")
+        retrieval = read_report(root, "retrieval", name)
         if not retrieval:
             continue
-        train = _read(root / "metrics" / "train" / f"{name}.json")
+        train = read_report(root, "train", name)
         rows.append(
             {
                 "model": name,

@@ -232,7 +232,7 @@ def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tupl
 
 
 def stack_metrics(stacked: EmbeddingSet, fit_report: dict, *, seed: int) -> dict:
-    """``metrics/stack.json``: the fit's report, the stacked dimension, and the test accuracy of a linear probe
+    """``reports/stack.json``: the fit's report, the stacked dimension, and the test accuracy of a linear probe
     fitted on the stacked validation embeddings (the stack has no softmax head of its own)."""
     val, test, vectors = stacked.split("val"), stacked.split("test"), stacked.embeddings
     metrics = {

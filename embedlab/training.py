@@ -244,7 +244,7 @@ class Trainer:
         return live
 
     def _metrics(self, run: _Run, scores: dict[str, float], *, wall: float) -> dict[str, float | int]:
-        """``metrics/train/<bb>.json``: accuracies, the early-stopping outcome, and where the time went."""
+        """``reports/train/<bb>.json``: accuracies, the early-stopping outcome, and where the time went."""
         state = run.state
         return {
             **{f"{split}_accuracy": round(float(value), 6) for split, value in scores.items()},

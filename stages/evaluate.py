@@ -1,21 +1,43 @@
-"""evaluate: KNN retrieval metrics per model (+ raw-pixel baseline), plot data and example collages."""
+"""evaluate: KNN retrieval metrics per model (+ raw-pixel baseline), plot data and example collages.
+
+metrics/retrieval/<model>.json holds the headline (mAP@k, MAP@R, P@1; the stack's gain over its best backbone);
+reports/retrieval/<model>.json every metric with the query and gallery counts."""
 
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import load_sets
+from embedlab.embeddings import STACK, load_sets
 from embedlab.errors import run_main
-from embedlab.evaluation import confusion_rows, draw_examples, evaluate_model, map_at_k_rows, per_class_rows
+from embedlab.evaluation import (
+    confusion_rows,
+    draw_examples,
+    evaluate_model,
+    map_at_k_rows,
+    per_class_rows,
+    stack_gain,
+)
 from embedlab.fsutil import save_figure, write_json
 from embedlab.params import load_params
+
+# What `dvc metrics show` lists per model, beside mAP@evaluate.k; every other metric and the query and gallery counts
+# go to reports/retrieval/<model>.json.
+HEADLINE = ("map@r", "precision@1")
 
 
 def main() -> None:
     params = load_params()
     prepared = Prepared.open("data/prepared")
-    curve_rows, class_rows = [], []
+    curve_rows, class_rows, scores = [], [], {}
     k = params.evaluate.k
     for name, emb in load_sets(params.model_names, prepared).items():
         metrics, report = evaluate_model(emb, params.evaluate)
-        write_json(f"metrics/retrieval/{name}.json", metrics)
+        scores[name] = metrics
+        extra = (
+            {f"map@{k}_gain": stack_gain(metrics, [scores[b] for b in params.stacked_backbones], k)}
+            if name == STACK
+            else {}
+        )
+        headline = {key: metrics[key] for key in (f"map@{k}", *HEADLINE)}
+        write_json(f"metrics/retrieval/{name}.json", {**headline, **extra})
+        write_json(f"reports/retrieval/{name}.json", {**metrics, **extra})
         write_json(f"plots/retrieval/confusion/{name}.json", confusion_rows(emb, report))
         save_figure(
             draw_examples(prepared, emb, report, params.evaluate, name),

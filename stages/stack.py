@@ -14,7 +14,7 @@ def main() -> None:
     metrics = stack_metrics(stacked, fit_report, seed=params.stack.seed)
     stacked.save("data/stack/stack.npz")
     stacker.save("models/stack.npz")
-    write_json("metrics/stack.json", metrics)
+    write_json("reports/stack.json", metrics)  # the fit: method, weights, validation scores (evaluate scores the test)
     print(f"stack: {params.stack.method} of {', '.join(params.stacked_backbones)} -> data/stack/stack.npz {metrics}")
 
 

@@ -28,16 +28,16 @@ def test_cifar10_recipe_on_a_slice_trains_on_its_budget_and_evaluates_everything
 
     dvc("repro", cwd=repo)
 
-    data = json.loads((repo / "metrics" / "data.json").read_text())
+    data = json.loads((repo / "reports" / "data.json").read_text())
     assert data == {"images": {"train": 360, "val": 40, "test": 400, "total": 800}, "classes": 10, "skipped": 0}
-    train = json.loads((repo / "metrics" / "train" / "smallnet.json").read_text())
+    train = json.loads((repo / "reports" / "train" / "smallnet.json").read_text())
     assert train["train_images"] == 200 and train["epochs_run"] == 2  # the budget: 20 per class
     for model in ("smallnet", "stack", "raw_pixels"):
-        retrieval = json.loads((repo / "metrics" / "retrieval" / f"{model}.json").read_text())
+        retrieval = json.loads((repo / "reports" / "retrieval" / f"{model}.json").read_text())
         # every test image queries the whole train+val gallery, whatever the training budget
         assert (retrieval["queries"], retrieval["gallery"]) == (400, 400), model
         assert 0.1 < retrieval["map@5"] <= 1.0
     report = json.loads((repo / "data" / "prepared" / "report.json").read_text())
     assert report["per_class"]["airplane"] == {"train": 36, "val": 4, "test": 40}
-    stack = json.loads((repo / "metrics" / "stack.json").read_text())
+    stack = json.loads((repo / "reports" / "stack.json").read_text())
     assert stack["method"] == "select" and stack["weight_smallnet"] == 1.0

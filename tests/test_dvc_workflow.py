@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,9 +139,9 @@ def test_faiss_flat_evaluation_end_to_end_equals_exact_search(pipeline: Path, tm
     repo = _copy(pipeline, tmp_path / "repo")
     set_params(repo, evaluate__index="faiss", evaluate__faiss__type="flat")
     dvc("repro", "evaluate", cwd=repo)
-    for exact_file in sorted((pipeline / "metrics" / "retrieval").glob("*.json")):
+    for exact_file in sorted((pipeline / "reports" / "retrieval").glob("*.json")):
         exact = json.loads(exact_file.read_text())
-        flat = json.loads((repo / "metrics" / "retrieval" / exact_file.name).read_text())
+        flat = json.loads((repo / "reports" / "retrieval" / exact_file.name).read_text())
         assert flat.keys() == exact.keys(), exact_file.name
         for key, value in exact.items():
             assert flat[key] == pytest.approx(value, abs=1e-6), (exact_file.name, key)
@@ -187,6 +188,35 @@ def test_single_experiment_metrics_params_and_plots_diff(pipeline: Path, tmp_pat
     dvc("plots", "diff", "HEAD", "-o", str(tmp_path / "diff"), cwd=repo)
     html = (tmp_path / "diff" / "index.html").read_text()
     assert '"rev": "HEAD"' in html and '"rev": "workspace"' in html and "map_at_k" in html
+
+
+def test_the_daily_verbs_answer_at_a_glance(pipeline: Path, tmp_path: Path) -> None:
+    """`dvc metrics show` fits 120 columns with every model's mAP@5; a forced rerun that reproduces the same models
+    leaves `dvc metrics diff` empty (timings are reports, not metrics); `embedlab experiments` shows each
+    experiment's changed params and every model's mAP@5 in 160 columns."""
+    repo = _copy(pipeline, tmp_path / "repo")
+    models = ["mobilenetv2", "smallnet", "stack", "raw_pixels"]
+    shown = dvc("metrics", "show", cwd=repo).stdout.splitlines()
+    assert max(map(len, shown)) <= 120, "\n".join(shown)
+    header = shown[0].split()
+    for model in models:
+        row = next(line.split() for line in shown if line.startswith(f"metrics/retrieval/{model}.json"))
+        assert 0 <= float(row[header.index("map@5")]) <= 1, row
+    dvc("repro", "-f", cwd=repo)
+    assert dvc("metrics", "diff", cwd=repo).stdout.strip() == ""
+
+    dvc("exp", "run", "-n", "euclid", "-S", "evaluate.metric=euclidean", cwd=repo)
+    dvc("exp", "run", "-n", "concat", "-S", "stack.method=concat", cwd=repo)
+    table = run([sys.executable, "-m", "embedlab.cli", "experiments"], repo).stdout.splitlines()
+    assert max(map(len, table)) <= 160, "\n".join(table)
+    assert table[0].split() == ["experiment", "evaluate.metric", "stack.method", *models], table[0]
+    rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
+    assert rows["euclid"][:2] == ["euclidean", "select"] and rows["concat"][:2] == ["cosine", "concat"]
+    for cells in rows.values():
+        assert all(0 <= float(value) <= 1 for value in cells[2:]), cells
+    # the experiment's own metrics, not the workspace's: concat changed the stack's mAP@5 and nothing else
+    baseline = next(cells for name, cells in rows.items() if name not in ("euclid", "concat"))
+    assert rows["concat"][2:4] == baseline[2:4] and rows["concat"][5] == baseline[5]
 
 
 def test_queued_sweep_runs_and_compares(pipeline: Path, tmp_path: Path) -> None:
@@ -236,7 +266,7 @@ def _teammate_story(pipeline: Path, tmp_path: Path, url: str, credentials: list[
     assert not (clone / "models" / "mobilenetv2.keras").exists() and not (clone / "data" / "raw").exists()
     out = dvc("exp", "run", "--allow-missing", "-S", "stack.method=concat", "-S", "evaluate.k=3", cwd=clone).stdout
     assert _ran(out) == {"stack", "evaluate", "cluster", "projector"}, out
-    assert json.loads((clone / "metrics" / "stack.json").read_text())["method"] == "concat"
+    assert json.loads((clone / "reports" / "stack.json").read_text())["method"] == "concat"
     assert "map@3" in json.loads((clone / "metrics" / "retrieval" / "stack.json").read_text())
     assert not (clone / "models" / "mobilenetv2.keras").exists()  # nothing was trained
     return _lock_md5(origin, "data/embeddings/mobilenetv2.npz")
@@ -326,8 +356,8 @@ def test_a_fresh_copy_reproduces_the_committed_data_hashes(tmp_path: Path) -> No
     fresh = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for stage in ("download", "preprocess"):
         assert fresh[stage]["outs"] == committed[stage]["outs"], stage
-    metrics = json.loads((repo / "metrics" / "data.json").read_text())
-    assert metrics == json.loads((REPO / "metrics" / "data.json").read_text())
+    counts = json.loads((repo / "reports" / "data.json").read_text())
+    assert counts == json.loads((REPO / "reports" / "data.json").read_text())
 
     # raw_pixels needs no training, so its committed retrieval and cluster metrics must come back to 1e-6 too
     params = load_params(REPO / "params.yaml")
@@ -335,5 +365,5 @@ def test_a_fresh_copy_reproduces_the_committed_data_hashes(tmp_path: Path) -> No
     retrieval, _ = evaluate_model(raw[RAW_PIXELS], params.evaluate)
     clusters = cluster_model(raw[RAW_PIXELS], params.cluster).metrics
     for produced, committed in ((retrieval, "retrieval"), (clusters, "cluster")):
-        expected = json.loads((REPO / "metrics" / committed / f"{RAW_PIXELS}.json").read_text())
+        expected = json.loads((REPO / "reports" / committed / f"{RAW_PIXELS}.json").read_text())
         assert produced == pytest.approx(expected, abs=1e-6), committed

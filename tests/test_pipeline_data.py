@@ -28,7 +28,7 @@ def test_repro_preprocess_then_noop_then_precise_rerun(tmp_path: Path) -> None:
     assert prepared.images.shape == (120, 16, 16, 3)
     assert prepared.images.dtype == np.uint8
     assert prepared.index["id"].is_unique
-    report = json.loads((repo / "metrics" / "data.json").read_text())
+    report = json.loads((repo / "reports" / "data.json").read_text())
     assert report == {"images": {"train": 70, "val": 10, "test": 40, "total": 120}, "classes": 10, "skipped": 0}
     per_class = json.loads((repo / "data" / "prepared" / "report.json").read_text())["per_class"]
     assert len(per_class) == 10 and all(sum(counts.values()) == 12 for counts in per_class.values())

@@ -28,12 +28,15 @@ def test_embeddings_follow_the_contract(pipeline: Path) -> None:
     assert emb.embeddings.shape == (80, 16) and emb.embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb.embeddings, axis=1), 1.0, atol=1e-5)
     assert set(emb.splits) == {"train", "val", "test"} and len(set(emb.ids)) == 80
-    assert json.loads((pipeline / "metrics" / "train" / "mobilenetv2.json").read_text())["epochs_run"] == 2
+    assert json.loads((pipeline / "reports" / "train" / "mobilenetv2.json").read_text())["epochs_run"] == 2
 
 
 def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
     for model in ("mobilenetv2", "stack", "raw_pixels"):
-        metrics = json.loads((pipeline / "metrics" / "retrieval" / f"{model}.json").read_text())
+        headline = json.loads((pipeline / "metrics" / "retrieval" / f"{model}.json").read_text())
+        metrics = json.loads((pipeline / "reports" / "retrieval" / f"{model}.json").read_text())
+        assert set(headline) == {"map@5", "map@r", "precision@1"} | ({"map@5_gain"} if model == "stack" else set())
+        assert headline.items() <= metrics.items()
         assert {
             "map@5",
             "precision@1",
@@ -52,11 +55,12 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
         assert len(confusion) == 20  # test queries: 2 per class
     shown = dvc("metrics", "show", cwd=pipeline).stdout
     assert "metrics/retrieval/mobilenetv2.json" in shown and "metrics/retrieval/raw_pixels.json" in shown
-    stack = json.loads((pipeline / "metrics" / "stack.json").read_text())
+    stack = json.loads((pipeline / "reports" / "stack.json").read_text())
     assert stack["method"] == "select" and stack["fit_rows"] == 20 and stack["dim"] == 32  # 2 val images per class
     for model in ("mobilenetv2", "stack", "raw_pixels"):
-        cluster = json.loads((pipeline / "metrics" / "cluster" / f"{model}.json").read_text())
+        cluster = json.loads((pipeline / "reports" / "cluster" / f"{model}.json").read_text())
         assert set(cluster) == {"nmi", "ari", "purity", "silhouette"}
+        assert json.loads((pipeline / "metrics" / "cluster" / f"{model}.json").read_text()) == {"nmi": cluster["nmi"]}
         assert len(json.loads((pipeline / "plots" / "cluster" / "tsne" / f"{model}.json").read_text())) == 20
     assert sorted(p.name for p in (pipeline / "projector").iterdir()) == ["mobilenetv2", "smallnet", "stack"]
     again = dvc("repro", cwd=pipeline)
@@ -115,7 +119,7 @@ def test_the_default_stack_applies_what_it_reports(pipeline: Path) -> None:
     from embedlab.params import load_params
     from embedlab.stacking import Stacker
 
-    report = json.loads((pipeline / "metrics" / "stack.json").read_text())
+    report = json.loads((pipeline / "reports" / "stack.json").read_text())
     k = load_params(pipeline / "params.yaml").stack.select_k
     stacked = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
     val = stacked.split("val")
@@ -167,7 +171,7 @@ def test_every_output_has_the_mode_the_umask_gives(pipeline: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     wrong = []
-    for top in ("data", "models", "metrics", "plots", "dvclive", "projector"):
+    for top in ("data", "models", "metrics", "reports", "plots", "dvclive", "projector"):
         for path in [pipeline / top, *(pipeline / top).rglob("*")]:
             if path.is_symlink() or ".dvc" in path.parts:
                 continue

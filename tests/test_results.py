@@ -19,22 +19,23 @@ from .conftest import REPO
 
 def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    for name in ("metrics", "plots", "dvclive"):
+    for name in ("metrics", "reports", "plots", "dvclive"):
         shutil.copytree(REPO / name, run / name)
     shutil.copy(REPO / "params.yaml", run / "params.yaml")
     shutil.copy(REPO / "requirements.lock", run / "requirements.lock")
     # A number changed in the run's metrics must show up in the table: nothing is read from anywhere else.
-    retrieval = json.loads((run / "metrics/retrieval/resnet50.json").read_text())
+    retrieval = json.loads((run / "reports/retrieval/resnet50.json").read_text())
     retrieval["map@5"] = 0.123456
-    (run / "metrics/retrieval/resnet50.json").write_text(json.dumps(retrieval))
-    train_metrics = json.loads((run / "metrics/train/resnet50.json").read_text())
+    (run / "reports/retrieval/resnet50.json").write_text(json.dumps(retrieval))
+    train_metrics = json.loads((run / "reports/train/resnet50.json").read_text())
     train_metrics["wall_seconds"] = 48.0  # under a minute: still minutes with one decimal, not a score
     train_metrics["test_flip_averaged_accuracy"] = 0.5  # digits trains without flips; a CIFAR-10 run has it
-    (run / "metrics/train/resnet50.json").write_text(json.dumps(train_metrics))
+    (run / "reports/train/resnet50.json").write_text(json.dumps(train_metrics))
 
     main(["results", "collect", str(run), str(tmp_path / "out"), "--seconds", "12.5"])
     out = tmp_path / "out"
-    assert (out / "metrics/retrieval/resnet50.json").exists() and (out / "plots/train").is_dir()
+    assert (out / "metrics/retrieval/resnet50.json").exists() and (out / "reports/train/resnet50.json").exists()
+    assert (out / "plots/train").is_dir()
     described = json.loads((out / "run.json").read_text())
     assert described["pipeline_seconds"] == 12.5
     environment = described["environment"]  # which exact environment made the run
@@ -45,7 +46,7 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     rows = {row["model"]: row for row in table_rows(out)}
     assert list(rows)[-2:] == ["stack", "raw_pixels"]
     assert rows["resnet50"]["map@5"] == 0.123456
-    train = json.loads((REPO / "metrics/train/densenet121.json").read_text())
+    train = json.loads((REPO / "reports/train/densenet121.json").read_text())
     assert rows["densenet121"]["test_accuracy"] == train["test_accuracy"]
     assert rows["densenet121"]["train_images"] == train["train_images"]
     printed = capsys.readouterr().out
@@ -58,3 +59,13 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
 def test_collect_needs_a_finished_run(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="run `dvc repro`"):
         collect(tmp_path, tmp_path / "out", command="dvc repro", pipeline_seconds=None)
+
+
+def test_the_table_reads_runs_recorded_before_metrics_and_reports_were_split() -> None:
+    """results/<run>/ folders recorded earlier hold every figure in metrics/: the table still finds them there."""
+    recorded = REPO / "results" / "cifar10"
+    assert not (recorded / "reports").exists()
+    rows = {row["model"]: row for row in table_rows(recorded)}
+    expected = json.loads((recorded / "metrics" / "train" / "smallnet.json").read_text())
+    assert rows["smallnet"]["train_images"] == expected["train_images"] and rows["smallnet"]["epochs"] is not None
+    assert rows["stack"]["linear_probe_accuracy"] is not None

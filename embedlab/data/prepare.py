@@ -7,7 +7,7 @@
   ``split`` (``train``/``val``/``test``).
 * ``info.json`` -- ``class_names``, ``image_size``, ``fit``, ``source``.
 * ``report.json`` -- images per split in total and per class, and every file the download skipped: the details
-  behind ``metrics/data.json``, kept out of it so ``dvc metrics show`` stays readable with many classes.
+  behind ``reports/data.json``, kept out of it so it stays short with many classes.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def assign_splits(raw_splits: np.ndarray, labels: np.ndarray, params: DataParams
 
 @dataclass
 class PreparedSummary:
-    """What preprocess reports in ``metrics/data.json``: images per split and class, and how many were skipped."""
+    """What preprocess reports in ``reports/data.json``: images per split and class, and how many were skipped."""
 
     counts: dict[str, int]
     per_class: dict[str, dict[str, int]]
