@@ -48,8 +48,11 @@ def experiment_table(repo: str | Path = ".", *, metric: str = "map@5") -> tuple[
 
     try:
         rows = dvc.api.exp_show(repo=str(repo))
-    except Exception as err:  # DVC's own errors (no repo, no git) say what is wrong
-        raise UserError(f"experiments: {err}") from None
+    except Exception as err:  # DVC's errors: not a DVC repository, no git, no commit
+        raise UserError(
+            f"experiments: cannot read DVC experiments in {Path(repo).resolve()} ({type(err).__name__}: {err}); "
+            "run it in the project's git clone"
+        ) from None
     if not rows:
         raise UserError("experiments: nothing to show (no commit yet?)")
     models = {header: _model_of(header, metric) for header in rows[0]}

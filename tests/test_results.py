@@ -6,6 +6,8 @@ import hashlib
 import importlib.metadata
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,12 @@ def test_the_table_reads_runs_recorded_before_metrics_and_reports_were_split() -
     expected = json.loads((recorded / "metrics" / "train" / "smallnet.json").read_text())
     assert rows["smallnet"]["train_images"] == expected["train_images"] and rows["smallnet"]["epochs"] is not None
     assert rows["stack"]["linear_probe_accuracy"] is not None
+
+
+def test_experiments_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "embedlab.cli", "experiments"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: experiments: "), result.stderr
