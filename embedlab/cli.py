@@ -82,8 +82,9 @@ def _experiments(args: argparse.Namespace) -> None:
     from embedlab.experiments import experiment_table, format_table
     from embedlab.params import load_params
 
-    metric = args.metric or f"map@{load_params().evaluate.k}"
-    print(format_table(*experiment_table(".", metric=metric)))
+    params = load_params()
+    metric = args.metric or f"map@{params.evaluate.k}"
+    print(format_table(*experiment_table(".", metric=metric, order=[*params.model_names, "raw_pixels"])))
 
 
 def main(argv: list[str] | None = None) -> None:

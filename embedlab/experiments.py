@@ -42,8 +42,11 @@ def _metric_names(repo: Path) -> set[str]:
     return names
 
 
-def experiment_table(repo: str | Path = ".", *, metric: str = "map@5") -> tuple[list[str], list[list[str]]]:
-    """The header and the rows: experiment, the params that differ between rows, then ``metric`` per model."""
+def experiment_table(
+    repo: str | Path = ".", *, metric: str = "map@5", order: list[str] = ()
+) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows: experiment, the params that differ between rows, then ``metric`` per model (the
+    models in ``order`` first, as named there; any other after them)."""
     import dvc.api
 
     try:
@@ -56,7 +59,8 @@ def experiment_table(repo: str | Path = ".", *, metric: str = "map@5") -> tuple[
     if not rows:
         raise UserError("experiments: nothing to show (no commit yet?)")
     models = {header: _model_of(header, metric) for header in rows[0]}
-    models = {header: model for header, model in models.items() if model}
+    rank = {name: i for i, name in enumerate(order)}
+    models = dict(sorted(((h, m) for h, m in models.items() if m), key=lambda item: rank.get(item[1], len(rank))))
     if not models:
         raise UserError(f"experiments: no {RETRIEVAL}*.json has {metric}; run `dvc repro` (or `dvc exp run`) first")
     metric_names = _metric_names(Path(repo))
