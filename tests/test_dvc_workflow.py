@@ -205,8 +205,9 @@ def test_the_daily_verbs_answer_at_a_glance(pipeline: Path, tmp_path: Path) -> N
     dvc("repro", "-f", cwd=repo)
     assert dvc("metrics", "diff", cwd=repo).stdout.strip() == ""
 
-    dvc("exp", "run", "-n", "euclid", "-S", "evaluate.metric=euclidean", cwd=repo)
-    dvc("exp", "run", "-n", "concat", "-S", "stack.method=concat", cwd=repo)
+    dvc("exp", "run", "--queue", "-n", "euclid", "-S", "evaluate.metric=euclidean", cwd=repo)
+    dvc("exp", "run", "--queue", "-n", "concat", "-S", "stack.method=concat", cwd=repo)
+    dvc("exp", "run", "--run-all", cwd=repo)
     table = run([sys.executable, "-m", "embedlab.cli", "experiments"], repo).stdout.splitlines()
     assert max(map(len, table)) <= 160, "\n".join(table)
     assert table[0].split() == ["experiment", "evaluate.metric", "stack.method", *models], table[0]

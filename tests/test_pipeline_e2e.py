@@ -31,6 +31,9 @@ def test_embeddings_follow_the_contract(pipeline: Path) -> None:
     assert json.loads((pipeline / "reports" / "train" / "mobilenetv2.json").read_text())["epochs_run"] == 2
 
 
+MODELS = ("mobilenetv2", "smallnet", "stack", "raw_pixels")
+
+
 def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
     for model in ("mobilenetv2", "stack", "raw_pixels"):
         headline = json.loads((pipeline / "metrics" / "retrieval" / f"{model}.json").read_text())
@@ -49,10 +52,14 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
         } <= set(metrics)
         counts = {key: metrics.pop(key) for key in ("queries", "gallery")}
         assert counts == {"queries": 20, "gallery": 40}, counts  # every test image, the whole train split
-        assert all(0 <= v <= 1 for v in metrics.values())
+        gain = metrics.pop("map@5_gain", 0.0)  # the stack's mAP@5 minus its best member's
+        assert all(0 <= v <= 1 for v in metrics.values()) and -1 <= gain <= 1
         assert (pipeline / "plots" / "retrieval" / "examples" / f"{model}_examples.png").stat().st_size > 1000
         confusion = json.loads((pipeline / "plots" / "retrieval" / "confusion" / f"{model}.json").read_text())
         assert len(confusion) == 20  # test queries: 2 per class
+    retrieval = {m: json.loads((pipeline / "metrics" / "retrieval" / f"{m}.json").read_text()) for m in MODELS}
+    best_member = max(retrieval[m]["map@5"] for m in ("mobilenetv2", "smallnet"))
+    assert retrieval["stack"]["map@5_gain"] == pytest.approx(retrieval["stack"]["map@5"] - best_member, abs=2e-6)
     shown = dvc("metrics", "show", cwd=pipeline).stdout
     assert "metrics/retrieval/mobilenetv2.json" in shown and "metrics/retrieval/raw_pixels.json" in shown
     stack = json.loads((pipeline / "reports" / "stack.json").read_text())
