@@ -365,9 +365,13 @@ def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepar
         page.wait_for_function(f"document.getElementById('query-caption').textContent === {json.dumps(clicked)}")
         page.wait_for_function("document.querySelectorAll('.model-row').length === 3")
         assert page.inner_text("#error") == ""
-        page.goto(f"{server}/api/docs")  # the API docs draw offline: their scripts come from the server
-        page.wait_for_selector(".swagger-ui .info .title")
-        assert page.inner_text(".swagger-ui .info .title").startswith("embedlab")
+        docs = chromium.new_page()  # the API docs draw offline: their scripts come from the server
+        docs.on("requestfailed", lambda request: failed.append(request.url))
+        docs.on("response", lambda response: response.status >= 400 and failed.append(response.url))
+        docs.goto(f"{server}/api/docs")
+        docs.wait_for_selector(".swagger-ui .info .title")
+        assert docs.inner_text(".swagger-ui .info .title").startswith("embedlab")
+        page.wait_for_load_state("networkidle")
         chromium.close()
     assert not failed, failed  # everything the page loads is served by embedlab, and loads
     picture = np.asarray(Image.open(shot).convert("L"), np.float32)
