@@ -94,16 +94,21 @@ def test_search_text_json_and_collage(pipeline: Path, tmp_path: Path) -> None:
     assert results[0]["results"][0]["id"].startswith("digits/")
 
 
+def _search_stack(root: Path, pixels: np.ndarray, tmp_path: Path, *, k: int) -> list[dict]:
+    """`embedlab search --model stack` in ``root`` with these pixels as a PNG; the hits."""
+    query = tmp_path / "digit.png"
+    Image.fromarray(np.asarray(pixels)).save(query)
+    found = _embedlab(root, "search", str(query), "--model", "stack", "--k", str(k), "--json")
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stdout)[0]["results"]
+
+
 def test_search_with_the_stack_runs_base_models_then_stacker(pipeline: Path, tmp_path: Path) -> None:
     from embedlab.data.prepare import Prepared
 
     prepared = Prepared.open(pipeline / "data" / "prepared")
     test_row = int(prepared.split("test")[0])
-    query = tmp_path / "digit.png"
-    Image.fromarray(np.asarray(prepared.images[test_row])).save(query)
-    found = _embedlab(pipeline, "search", str(query), "--model", "stack", "--k", "50", "--json")
-    assert found.returncode == 0, found.stderr
-    hits = json.loads(found.stdout)[0]["results"]
+    hits = _search_stack(pipeline, prepared.images[test_row], tmp_path, k=50)
     # The query is a dataset image: through base model + stacker it must land on its own stored embedding.
     assert hits[0]["id"] == prepared.index["id"][test_row] and hits[0]["score"] > 0.999
 
@@ -159,11 +164,7 @@ def test_a_query_skips_a_backbone_the_stack_weighs_zero(pipeline: Path, tmp_path
     )
     prepared = Prepared.open(pipeline / "data" / "prepared")
     row = int(prepared.split("test")[1])
-    query = tmp_path / "digit.png"
-    Image.fromarray(np.asarray(prepared.images[row])).save(query)
-    found = _embedlab(root, "search", str(query), "--model", "stack", "--k", "5", "--json")
-    assert found.returncode == 0, found.stderr
-    hits = json.loads(found.stdout)[0]["results"]
+    hits = _search_stack(root, prepared.images[row], tmp_path, k=5)
     mobilenet = EmbeddingSet.load(pipeline / "data" / "embeddings" / "mobilenetv2.npz").embeddings[row]
     gallery = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
     scores = gallery.embeddings @ np.concatenate([mobilenet, np.zeros(16, np.float32)])
