@@ -189,7 +189,7 @@ def copy_repo(dest: Path) -> Path:
     ).stdout.split("\0")
     for name in filter(None, listed):
         source = REPO / name
-        if source.is_file() and not name.startswith(("data/", "metrics/", "plots/", "dvclive/")):  # outputs
+        if source.is_file() and not name.startswith(("data/", "metrics/", "reports/", "plots/", "dvclive/")):  # outputs
             target = dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
