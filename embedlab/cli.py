@@ -79,12 +79,13 @@ def _results(args: argparse.Namespace) -> None:
 
 
 def _experiments(args: argparse.Namespace) -> None:
+    from embedlab.embeddings import RAW_PIXELS
     from embedlab.experiments import experiment_table, format_table
     from embedlab.params import load_params
 
     params = load_params()
     metric = args.metric or f"map@{params.evaluate.k}"
-    print(format_table(*experiment_table(".", metric=metric, order=[*params.model_names, "raw_pixels"])))
+    print(format_table(*experiment_table(".", metric=metric, order=[*params.model_names, RAW_PIXELS])))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ differ between the rows, and the headline metric of each model from ``metrics/re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from embedlab.errors import UserError
@@ -43,7 +44,7 @@ def _metric_names(repo: Path) -> set[str]:
 
 
 def experiment_table(
-    repo: str | Path = ".", *, metric: str = "map@5", order: list[str] = ()
+    repo: str | Path = ".", *, metric: str = "map@5", order: Sequence[str] = ()
 ) -> tuple[list[str], list[list[str]]]:
     """The header and the rows: experiment, the params that differ between rows, then ``metric`` per model (the
     models in ``order`` first, as named there; any other after them)."""
