@@ -20,7 +20,7 @@ from pathlib import Path
 
 from learning_curve import train_and_score
 
-from embedlab.runtime import cpu_description
+from embedlab.core.runtime import cpu_description
 
 # (name, model overrides, train overrides, augment overrides): each differs from the recipe in one choice.
 VARIANTS: list[tuple[str, dict, dict, dict]] = [

@@ -42,8 +42,8 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
+    from embedlab.core.runtime import cpu_description
     from embedlab.data.prepare import Prepared
-    from embedlab.runtime import cpu_description
 
     keras.utils.set_random_seed(args.seed)
     data = Prepared.open(args.run / "data" / "prepared")

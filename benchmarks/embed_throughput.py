@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlab.embeddings import embed_images
-from embedlab.model_io import load_embedding_model
-from embedlab.models import build_models
-from embedlab.runtime import cpu_description
+from embedlab.core.runtime import cpu_description
+from embedlab.embed.embeddings import embed_images
+from embedlab.models.backbones import build_models
+from embedlab.models.io import load_embedding_model
 
 
 def rate(count: int, seconds: float) -> float:

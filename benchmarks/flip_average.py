@@ -28,12 +28,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flip_average.json"))
     args = parser.parse_args()
 
+    from embedlab.core.params import load_params
+    from embedlab.core.runtime import cpu_description
     from embedlab.data.prepare import Prepared
-    from embedlab.embeddings import EmbeddingSet, embed_images, l2_normalize
-    from embedlab.evaluation import evaluate_model
-    from embedlab.model_io import load_embedding_model
-    from embedlab.params import load_params
-    from embedlab.runtime import cpu_description
+    from embedlab.embed.embeddings import EmbeddingSet, embed_images, l2_normalize
+    from embedlab.models.io import load_embedding_model
+    from embedlab.retrieval.evaluation import evaluate_model
 
     params = load_params(args.run / "params.yaml")
     evaluate = params.evaluate.model_copy(update={"index": "exact"})

@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/input_size.json"))
     args = parser.parse_args()
 
-    from embedlab.runtime import cpu_description
+    from embedlab.core.runtime import cpu_description
 
     rows = []
     for size in args.sizes:

@@ -31,11 +31,11 @@ def train_and_score(
     """Train ``backbone`` with the run's params (and these overrides), then score it like the evaluate stage."""
     import keras
 
+    from embedlab.core.params import load_params
     from embedlab.data.prepare import Prepared
-    from embedlab.embeddings import EmbeddingSet, embed_images
-    from embedlab.evaluation import evaluate_model
-    from embedlab.params import load_params
-    from embedlab.training import Trainer
+    from embedlab.embed.embeddings import EmbeddingSet, embed_images
+    from embedlab.retrieval.evaluation import evaluate_model
+    from embedlab.train.loop import Trainer
 
     params = load_params(run / "params.yaml")
     model_params, train_params = params.for_backbone(backbone)
@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning_curve"))
     args = parser.parse_args()
 
-    from embedlab.results import read_report
-    from embedlab.runtime import cpu_description
+    from embedlab.cli.results import read_report
+    from embedlab.core.runtime import cpu_description
 
     run_train = read_report(args.run, "train", args.backbone)
     run_retrieval = read_report(args.run, "retrieval", args.backbone)

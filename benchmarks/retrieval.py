@@ -35,8 +35,8 @@ def child(method: str, queries: int, gallery: int, dim: int, extra: dict) -> dic
     """Runs inside the child: build data, time the method, return its neighbours' digest and timings."""
     from sklearn.neighbors import NearestNeighbors
 
-    from embedlab.params import FaissParams
-    from embedlab.search import ExactIndex, FaissIndex, search
+    from embedlab.core.params import FaissParams
+    from embedlab.retrieval.index import ExactIndex, FaissIndex, search
 
     q, g = make_data(queries, dim, 1), make_data(gallery, dim, 2)
     start = time.perf_counter()

@@ -22,8 +22,8 @@ import numpy as np
 import requests
 from PIL import Image
 
+from embedlab.core.runtime import cpu_description
 from embedlab.data.prepare import Prepared
-from embedlab.runtime import cpu_description
 
 
 def start_server(root: Path, index: str) -> tuple[subprocess.Popen, str]:

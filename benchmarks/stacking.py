@@ -23,11 +23,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/stacking.json")
     args = parser.parse_args()
 
-    from embedlab.embeddings import load_sets
-    from embedlab.evaluation import evaluate_model
-    from embedlab.params import load_params
-    from embedlab.runtime import cpu_description
-    from embedlab.stacking import stack_embeddings
+    from embedlab.core.params import load_params
+    from embedlab.core.runtime import cpu_description
+    from embedlab.embed.embeddings import load_sets
+    from embedlab.retrieval.evaluation import evaluate_model
+    from embedlab.stack.fit import stack_embeddings
 
     run = Path(args.run)
     params = load_params(run / "params.yaml")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedlab.runtime import cpu_description
+from embedlab.core.runtime import cpu_description
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BACKBONES = ("smallnet", "densenet121", "resnet50", "vgg16", "mobilenetv2")
@@ -99,14 +99,14 @@ def _epoch_timer():
 def worker(args: argparse.Namespace) -> dict:
     """One setting in this process: plain fit, or the stage loop, for one backbone."""
 
-    from embedlab.augment import build_augmentation
-    from embedlab.devices import configure_determinism, set_mixed_precision
-    from embedlab.models import build_models
-    from embedlab.optimization import compile_trainer, make_optimizer
-    from embedlab.params import load_params
-    from embedlab.stopwatch import EPOCH_PARTS
-    from embedlab.training import Trainer
-    from embedlab.training_data import TrainingData
+    from embedlab.augment.layers import build_augmentation
+    from embedlab.core.params import load_params
+    from embedlab.models.backbones import build_models
+    from embedlab.models.devices import configure_determinism, set_mixed_precision
+    from embedlab.train.data import TrainingData
+    from embedlab.train.loop import Trainer
+    from embedlab.train.optimization import compile_trainer, make_optimizer
+    from embedlab.train.stopwatch import EPOCH_PARTS
 
     params = load_params(REPO / "params.yaml")
     model_params, train_params = (
@@ -226,9 +226,9 @@ def recorded_run_roofline(results_dir: Path) -> None:
     that run's image size and class count: for a run too long to repeat here per setting."""
     import yaml
 
-    from embedlab.models import build_models
-    from embedlab.params import parse_params
-    from embedlab.results import read_report
+    from embedlab.cli.results import read_report
+    from embedlab.core.params import parse_params
+    from embedlab.models.backbones import build_models
 
     params = parse_params(yaml.safe_load((results_dir / "params.yaml").read_text()))
     gflops = matmul_gflops()

@@ -2,11 +2,11 @@
 
 import numpy as np
 
+from embedlab.augment.preview import draw_preview
+from embedlab.core.errors import run_main
+from embedlab.core.files import save_figure
+from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.errors import run_main
-from embedlab.fsutil import save_figure
-from embedlab.params import load_params
-from embedlab.preview import draw_preview
 
 ROWS = 8
 

@@ -1,11 +1,11 @@
 """cluster: K-Means metrics and t-SNE/PCA maps of every model's test-split embeddings (+ raw-pixel baseline)."""
 
-from embedlab.clustering import cluster_model, draw_model_map, scatter_rows
+from embedlab.cluster.clustering import cluster_model, draw_model_map, scatter_rows
+from embedlab.core.errors import run_main
+from embedlab.core.files import save_figure, write_json
+from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import load_sets
-from embedlab.errors import run_main
-from embedlab.fsutil import save_figure, write_json
-from embedlab.params import load_params
+from embedlab.embed.embeddings import load_sets
 
 # What `dvc metrics show` lists per model; ARI, purity and the silhouette go to reports/cluster/<model>.json.
 HEADLINE = ("nmi",)

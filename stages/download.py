@@ -1,8 +1,8 @@
 """download: data.source -> data/raw (digits bundled offline, CIFAR-10 binary over HTTP, or an image folder)."""
 
-from embedlab.data.sources import fetch
-from embedlab.errors import run_main
-from embedlab.params import load_params
+from embedlab.core.errors import run_main
+from embedlab.core.params import load_params
+from embedlab.data.download import fetch
 
 
 def main() -> None:

@@ -2,11 +2,11 @@
 
 import sys
 
+from embedlab.core.errors import run_main
+from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import EmbeddingSet, embed_images
-from embedlab.errors import run_main
-from embedlab.model_io import load_embedding_model
-from embedlab.params import load_params
+from embedlab.embed.embeddings import EmbeddingSet, embed_images
+from embedlab.models.io import load_embedding_model
 
 
 def main() -> None:

@@ -3,10 +3,12 @@
 metrics/retrieval/<model>.json holds the headline (mAP@k, MAP@R, P@1; the stack's gain over its best backbone);
 reports/retrieval/<model>.json every metric with the query and gallery counts."""
 
+from embedlab.core.errors import run_main
+from embedlab.core.files import save_figure, write_json
+from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import STACK, load_sets
-from embedlab.errors import run_main
-from embedlab.evaluation import (
+from embedlab.embed.embeddings import STACK, load_sets
+from embedlab.retrieval.evaluation import (
     confusion_rows,
     draw_examples,
     evaluate_model,
@@ -14,8 +16,6 @@ from embedlab.evaluation import (
     per_class_rows,
     stack_gain,
 )
-from embedlab.fsutil import save_figure, write_json
-from embedlab.params import load_params
 
 # What `dvc metrics show` lists per model, beside mAP@evaluate.k; every other metric and the query and gallery counts
 # go to reports/retrieval/<model>.json.

@@ -1,10 +1,10 @@
 """preprocess: data/raw -> data/prepared (resize, seeded stratified splits), reports/data.json (images per split,
 classes, skipped files) and data/prepared/report.json (per class, and every skipped file by name)."""
 
+from embedlab.core.errors import run_main
+from embedlab.core.files import write_json
+from embedlab.core.params import load_params
 from embedlab.data.prepare import prepare
-from embedlab.errors import run_main
-from embedlab.fsutil import write_json
-from embedlab.params import load_params
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
 """projector: TensorBoard Projector runs (embeddings, metadata, sprite, config) -> projector/<model>/."""
 
+from embedlab.cluster.projector import projector_run
+from embedlab.core.errors import run_main
+from embedlab.core.files import write_tree
+from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import load_sets
-from embedlab.errors import run_main
-from embedlab.fsutil import write_tree
-from embedlab.params import load_params
-from embedlab.projector import projector_run
+from embedlab.embed.embeddings import load_sets
 
 
 def main() -> None:

@@ -1,10 +1,10 @@
 """stack: combine the backbones' embeddings (fitted on the validation split) -> data/stack/stack.npz."""
 
-from embedlab.embeddings import load_sets
-from embedlab.errors import run_main
-from embedlab.fsutil import write_json
-from embedlab.params import load_params
-from embedlab.stacking import stack_embeddings, stack_metrics
+from embedlab.core.errors import run_main
+from embedlab.core.files import write_json
+from embedlab.core.params import load_params
+from embedlab.embed.embeddings import load_sets
+from embedlab.stack.fit import stack_embeddings, stack_metrics
 
 
 def main() -> None:

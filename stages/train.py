@@ -3,12 +3,12 @@ test accuracy in metrics/train/<bb>.json and every figure of the run in reports/
 
 import sys
 
-from embedlab.curves import draw_curves
-from embedlab.errors import run_main
-from embedlab.fsutil import save_figure, write_json
-from embedlab.model_io import save_embedding_model, save_weights
-from embedlab.params import load_params
-from embedlab.training import Trainer
+from embedlab.core.errors import run_main
+from embedlab.core.files import save_figure, write_json
+from embedlab.core.params import load_params
+from embedlab.models.io import save_embedding_model, save_weights
+from embedlab.train.curves import draw_curves
+from embedlab.train.loop import Trainer
 
 # What `dvc metrics show` lists per backbone: the classifier's test accuracy (flip-averaged too, when the run trained
 # on mirrors). Epochs, timings and CPU use go to reports/train/<bb>.json, out of `dvc metrics diff`.

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.params import ParamsError, parse_params
+from embedlab.core.params import ParamsError, parse_params
 
 
 def test_alternating_flip_shows_every_image_both_ways_in_two_epochs() -> None:
-    from embedlab.params import TrainParams
-    from embedlab.training_data import TrainingData
+    from embedlab.core.params import TrainParams
+    from embedlab.train.data import TrainingData
 
     images = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
     data = TrainingData({"train": (images, np.arange(40) % 2)}, 2, 4, [], TrainParams(batch_size=16, seed=3))
@@ -32,8 +32,8 @@ def test_alternating_flip_shows_every_image_both_ways_in_two_epochs() -> None:
 
 
 def test_nearest_shift_moves_images_by_whole_pixels() -> None:
-    from embedlab.augment import build_augmentation
-    from embedlab.params import AugmentParams
+    from embedlab.augment.layers import build_augmentation
+    from embedlab.core.params import AugmentParams
 
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype("float32")
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="symmetric")  # Keras reflect: edge repeated
@@ -48,7 +48,7 @@ def test_nearest_shift_moves_images_by_whole_pixels() -> None:
 def test_smallnet_without_batchnorm_scale_has_shifts_only() -> None:
     import keras
 
-    from embedlab.models import build_models
+    from embedlab.models.backbones import build_models
 
     for bn_scale in (True, False):
         models = build_models("smallnet", 32, 10, bn_scale=bn_scale)
@@ -59,8 +59,8 @@ def test_smallnet_without_batchnorm_scale_has_shifts_only() -> None:
 def test_batchnorm_shifts_step_bn_bias_lr_scale_times_faster() -> None:
     import keras
 
-    from embedlab.optimization import batchnorm_shift_paths, make_optimizer
-    from embedlab.params import TrainParams
+    from embedlab.core.params import TrainParams
+    from embedlab.train.optimization import batchnorm_shift_paths, make_optimizer
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 6)).astype("float32"), np.eye(3, dtype="float32")[rng.integers(0, 3, 32)]
@@ -96,7 +96,7 @@ class _FakeModel:
 def test_lookahead_averages_as_airbench_does() -> None:
     import keras
 
-    from embedlab.optimization import LOOKAHEAD_DECAY, lookahead_callback
+    from embedlab.train.optimization import LOOKAHEAD_DECAY, lookahead_callback
 
     total = 100
     weights = keras.Variable(np.zeros(3, "float32"))
@@ -150,12 +150,12 @@ def test_recipe_params_are_checked_before_work_starts(raw: dict, message: str) -
 
 @pytest.mark.slow
 def test_the_airbench_recipe_trains_smallnet_through_the_train_stage(tmp_path: Path) -> None:
-    from embedlab.data.digits import write_digits
+    from embedlab.data.download.digits import write_digits
     from embedlab.data.prepare import prepare
-    from embedlab.models import build_models
-    from embedlab.training import Trainer
-    from embedlab.training_data import TrainingData
-    from embedlab.whitening import whiten_stem
+    from embedlab.models.backbones import build_models
+    from embedlab.models.smallnet import whiten_stem
+    from embedlab.train.data import TrainingData
+    from embedlab.train.loop import Trainer
 
     recipe = {
         **{"optimizer": "sgd", "lr": 0.5, "lr_schedule": "triangular", "lr_warmup": 0.2, "momentum": 0.85},

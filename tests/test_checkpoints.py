@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 
-from embedlab.batchnorm import BatchNormRecalibrator
-from embedlab.checkpoints import CheckpointStore, RunState
-from embedlab.stopwatch import StopWatch
+from embedlab.train.batchnorm import BatchNormRecalibrator
+from embedlab.train.checkpoints import CheckpointStore, RunState
+from embedlab.train.stopwatch import StopWatch
 
 
 def _tiny_model() -> keras.Model:
@@ -106,7 +106,7 @@ def test_stopwatch_books_the_untimed_rest_of_an_epoch_as_other() -> None:
 @pytest.mark.parametrize("level", ["3", "0"])
 def test_startup_filter_drops_only_the_known_noise(level: str) -> None:
     script = (
-        "import os, re; from embedlab.runtime import _STARTUP_NOISE, _filtered_stderr\n"
+        "import os, re; from embedlab.core.runtime import _STARTUP_NOISE, _filtered_stderr\n"
         "with _filtered_stderr(_STARTUP_NOISE):\n"
         "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called '\n"
         "                b'are written to STDERR\\n')\n"

@@ -16,14 +16,22 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from embedlab.clustering import cluster_metrics, cluster_model, draw_model_map, kmeans, purity, scatter_rows, tsne_2d
-from embedlab.embeddings import EmbeddingSet, l2_normalize
-from embedlab.errors import UserError
-from embedlab.export import export_embeddings
-from embedlab.fsutil import write_tree
-from embedlab.params import ClusterParams, ProjectorParams, TsneParams
-from embedlab.projector import projector_run
-from embedlab.sampling import sample_per_class
+from embedlab.cli.export import export_embeddings
+from embedlab.cluster.clustering import (
+    cluster_metrics,
+    cluster_model,
+    draw_model_map,
+    kmeans,
+    purity,
+    scatter_rows,
+    tsne_2d,
+)
+from embedlab.cluster.projector import projector_run
+from embedlab.core.errors import UserError
+from embedlab.core.files import write_tree
+from embedlab.core.params import ClusterParams, ProjectorParams, TsneParams
+from embedlab.data.sampling import sample_per_class
+from embedlab.embed.embeddings import EmbeddingSet, l2_normalize
 
 
 def _blobs(per_class: int = 30, classes: int = 4, spread: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.data import cifar10
-from embedlab.data.http import ChecksumError, DownloadError, download
+from embedlab.core.params import DataParams
+from embedlab.data.download import cifar10, fetch
+from embedlab.data.download.http import ChecksumError, DownloadError, download
 from embedlab.data.raw import RawDataset
-from embedlab.data.sources import fetch
-from embedlab.params import DataParams
 
 from .conftest import CifarArchive, FileServer
 
@@ -126,7 +125,7 @@ def test_a_busy_server_is_retried_after_the_time_it_asks_for(
     tmp_path: Path, file_server: FileServer, cifar_archive: CifarArchive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     waits: list[float] = []
-    monkeypatch.setattr("embedlab.data.http.time.sleep", waits.append)
+    monkeypatch.setattr("embedlab.data.download.http.time.sleep", waits.append)
     file_server.busy = [(503, "7"), (429, None), (503, "100000")]
     dest = download(file_server.url, tmp_path / "cifar.tar.gz", cifar_archive.md5, backoff=0.5, progress=False)
     assert dest.read_bytes() == cifar_archive.path.read_bytes()

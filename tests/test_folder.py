@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedlab.data.folder import EmptyDatasetError, UnsafeArchiveError, write_folder
+from embedlab.core.errors import UserError
+from embedlab.core.params import DataParams
+from embedlab.data.download.folder import EmptyDatasetError, UnsafeArchiveError, write_folder
 from embedlab.data.prepare import Prepared, prepare
 from embedlab.data.raw import RawDataset
-from embedlab.errors import UserError
-from embedlab.params import DataParams
 
 from .conftest import CIFAR_JPEG
 

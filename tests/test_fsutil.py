@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from embedlab.fsutil import atomic_dir, durable_replace, save_figure, write_json, write_npz, write_tree
+from embedlab.core.files import atomic_dir, durable_replace, save_figure, write_json, write_npz, write_tree
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o002])

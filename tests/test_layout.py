@@ -22,18 +22,18 @@ OPEN_CALLS = {"open", "fdopen"}  # they write when their mode says so: "w", "a",
 # The modules allowed to write files, and why (docs/architecture.md, "Rule 2"). Every other module returns data and
 # its stage script writes it.
 WRITERS = {
-    "fsutil.py": "the atomic writers themselves",
-    "model_io.py": "the model file formats",
-    "checkpoints.py": "resume checkpoints, written while training runs",
-    "embeddings.py": "the embeddings file format (EmbeddingSet.save, called by the stages)",
-    "stacking.py": "the stacker file format (Stacker.save, called by the stack stage)",
-    "data/sources.py": "download streams thousands of images into the directory its stage passes",
+    "core/files.py": "the atomic writers themselves",
+    "models/io.py": "the model file formats",
+    "train/checkpoints.py": "resume checkpoints, written while training runs",
+    "embed/embeddings.py": "the embeddings file format (EmbeddingSet.save, called by the stages)",
+    "stack/stacker.py": "the stacker file format (Stacker.save, called by the stack stage)",
+    "data/download/__init__.py": "download streams thousands of images into the directory its stage passes",
     "data/raw.py": "the same, image by image",
-    "data/http.py": "the download appends to a partial file, so a cut connection resumes where it stopped",
+    "data/download/http.py": "the download appends to a partial file, so a cut connection resumes where it stopped",
     "data/prepare.py": "preprocess streams the resized images into the directory its stage passes",
-    "export.py": "`embedlab export` streams large files block by block",
-    "results.py": "`embedlab results collect` copies a run into a results folder",
-    "cli.py": "the command line writes what its user asks for",
+    "cli/export.py": "`embedlab export` streams large files block by block",
+    "cli/results.py": "`embedlab results collect` copies a run into a results folder",
+    "cli/__init__.py": "the command line writes what its user asks for",
 }
 
 

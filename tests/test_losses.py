@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlab.embeddings import l2_normalize
-from embedlab.losses import TripletLoss, batch_hard_triplet_loss, semi_hard_triplet_loss
+from embedlab.embed.embeddings import l2_normalize
+from embedlab.models.losses import TripletLoss, batch_hard_triplet_loss, semi_hard_triplet_loss
 
 
 def reference_batch_hard(labels: np.ndarray, emb: np.ndarray, margin: float) -> float:

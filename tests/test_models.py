@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from embedlab.errors import UserError
-from embedlab.model_io import load_embedding_model
-from embedlab.models import BACKBONES, BackbonePreprocess, build_models, input_size_for
+from embedlab.core.errors import UserError
+from embedlab.models.backbones import BACKBONES, BackbonePreprocess, build_models, input_size_for
+from embedlab.models.io import load_embedding_model
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedlab.params import ParamsError, load_params, parse_params
+from embedlab.core.params import ParamsError, load_params, parse_params
 
 from .conftest import REPO, copy_repo, dvc
 

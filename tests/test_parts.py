@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedlab.data.cifar10 import CifarFormatError, parse_archive
-from embedlab.errors import UserError
-from embedlab.images import decode, fit_to_square
-from embedlab.params import TrainParams
+from embedlab.core.errors import UserError
+from embedlab.core.params import TrainParams
+from embedlab.data.download.cifar10 import CifarFormatError, parse_archive
+from embedlab.data.images import decode, fit_to_square
 
 from .conftest import make_cifar_archive
 
@@ -158,7 +158,7 @@ def test_cifar_format_errors_name_the_member(tmp_path: Path) -> None:
     ],
 )
 def test_each_optimizer_gets_the_weight_decay_asked_for(optimizer: str, decay: float, cls: str, expected) -> None:
-    from embedlab.optimization import make_optimizer
+    from embedlab.train.optimization import make_optimizer
 
     built = make_optimizer(TrainParams(optimizer=optimizer, weight_decay=decay, lr=0.01), 0.01, 100)
     assert type(built).__name__ == cls
@@ -170,7 +170,7 @@ def test_each_optimizer_gets_the_weight_decay_asked_for(optimizer: str, decay: f
 def test_unfreeze_top_layers_and_keep_pretrained_batchnorm_frozen() -> None:
     import keras
 
-    from embedlab.training import _set_trainable
+    from embedlab.train.loop import _set_trainable
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
@@ -191,7 +191,7 @@ def test_unfreeze_top_layers_and_keep_pretrained_batchnorm_frozen() -> None:
 
 
 def test_multiworker_without_a_cluster_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedlab.devices import make_strategy
+    from embedlab.models.devices import make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UserError, match=r"train\.strategy=multiworker needs TF_CONFIG"):
@@ -201,7 +201,7 @@ def test_multiworker_without_a_cluster_is_one_line(monkeypatch: pytest.MonkeyPat
 def test_mixed_precision_on_uses_bfloat16_on_cpu() -> None:
     import keras
 
-    from embedlab.devices import set_mixed_precision
+    from embedlab.models.devices import set_mixed_precision
 
     try:
         assert set_mixed_precision("on") == "mixed_bfloat16"
@@ -215,7 +215,7 @@ def test_mixed_precision_on_uses_bfloat16_on_cpu() -> None:
 def test_a_missing_weights_file_is_one_line(tmp_path: Path) -> None:
     import keras
 
-    from embedlab.models import load_weights
+    from embedlab.models.backbones import load_weights
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     with pytest.raises(UserError, match=r"model.weights: .*nope.weights.h5 does not exist"):
@@ -226,18 +226,18 @@ def test_only_embedlab_logs_at_info_in_a_stage() -> None:
     """Stage output shows embedlab's own progress, not other libraries' INFO lines (faiss names its CPU build)."""
     script = (
         "import logging, numpy as np\n"
-        "from embedlab.errors import run_main\n"
+        "from embedlab.core.errors import run_main\n"
         "def main():\n"
-        "    from embedlab.params import FaissParams\n"
-        "    from embedlab.search import FaissIndex\n"
+        "    from embedlab.core.params import FaissParams\n"
+        "    from embedlab.retrieval.index import FaissIndex\n"
         "    FaissIndex(np.eye(4, dtype='float32'), 'cosine', FaissParams(type='flat'))\n"
-        "    logging.getLogger('embedlab.training').info('our progress')\n"
+        "    logging.getLogger('embedlab.train.loop').info('our progress')\n"
         "    logging.getLogger('somelib').warning('a warning still shows')\n"
         "run_main(main)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        "INFO embedlab.training: our progress",
+        "INFO embedlab.train.loop: our progress",
         "WARNING somelib: a warning still shows",
     ]

@@ -43,8 +43,8 @@ def test_repro_preprocess_then_noop_then_precise_rerun(tmp_path: Path) -> None:
 
 
 def test_splits_are_seeded_and_stratified(tmp_path: Path) -> None:
+    from embedlab.core.params import DataParams
     from embedlab.data.prepare import assign_splits
-    from embedlab.params import DataParams
 
     labels = np.repeat(np.arange(4), 50)
     raw = np.full(len(labels), "")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from embedlab.embeddings import EmbeddingSet
+from embedlab.embed.embeddings import EmbeddingSet
 
 from .conftest import dvc, run
 
@@ -128,8 +128,8 @@ def _loo_map(vectors: np.ndarray, labels: np.ndarray, k: int) -> float:
 def test_the_default_stack_applies_what_it_reports(pipeline: Path) -> None:
     """``select`` reports the validation mAP of the weights it chose; the stack the pipeline applied and saved (what
     evaluate, search and serve use) scores exactly that on the validation images, and never below its best member."""
-    from embedlab.params import load_params
-    from embedlab.stacking import Stacker
+    from embedlab.core.params import load_params
+    from embedlab.stack.stacker import Stacker
 
     report = json.loads((pipeline / "reports" / "stack.json").read_text())
     k = load_params(pipeline / "params.yaml").stack.select_k
@@ -151,7 +151,7 @@ def test_a_query_skips_a_backbone_the_stack_weighs_zero(pipeline: Path, tmp_path
     """With smallnet at weight 0 the stack of a query is its mobilenetv2 embedding alone, and search ranks the
     stacked gallery by it."""
     from embedlab.data.prepare import Prepared
-    from embedlab.stacking import Stacker
+    from embedlab.stack.stacker import Stacker
 
     root = tmp_path / "root"
     (root / "models").mkdir(parents=True)

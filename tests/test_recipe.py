@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from embedlab.embeddings import embed_images
-from embedlab.optimization import lr_at, make_optimizer
-from embedlab.params import ParamsError, TrainParams, parse_params
+from embedlab.core.params import ParamsError, TrainParams, parse_params
+from embedlab.embed.embeddings import embed_images
+from embedlab.train.optimization import lr_at, make_optimizer
 
 
 def _lr(*args) -> float:

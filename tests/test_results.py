@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from embedlab.cli import main
-from embedlab.errors import UserError
-from embedlab.results import collect, table_rows
+from embedlab.cli.results import collect, table_rows
+from embedlab.core.errors import UserError
 
 from .conftest import REPO
 

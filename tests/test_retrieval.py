@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlab.embeddings import l2_normalize
-from embedlab.params import FaissParams
-from embedlab.retrieval_metrics import average_precision_at_k, evaluate_retrieval, majority_vote
-from embedlab.search import ExactIndex, FaissIndex, search
+from embedlab.core.params import FaissParams
+from embedlab.embed.embeddings import l2_normalize
+from embedlab.retrieval.index import ExactIndex, FaissIndex, search
+from embedlab.retrieval.metrics import average_precision_at_k, evaluate_retrieval, majority_vote
 
 
 def _unit(angles_deg: list[float]) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedlab.sampling import class_balanced_order, class_balanced_subset, shuffled_order
+from embedlab.data.sampling import class_balanced_order, class_balanced_subset, shuffled_order
 
 LABELS = np.repeat(np.arange(4), [10, 7, 3, 12])
 

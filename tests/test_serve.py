@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from embedlab.data.prepare import Prepared
-from embedlab.embeddings import EmbeddingSet
+from embedlab.embed.embeddings import EmbeddingSet
 
 from .conftest import missing_tool, run
 
@@ -250,7 +250,7 @@ def server_in_this_process(engine) -> Iterator[str]:
 
     import uvicorn
 
-    from embedlab.serve import create_app
+    from embedlab.serve.app import create_app
 
     config = uvicorn.Config(
         create_app(engine), host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
@@ -273,7 +273,7 @@ def test_an_engine_fault_answers_its_batch_with_500_and_the_server_goes_on(
 ) -> None:
     """A bug inside the engine (here: any batch holding a k=3 query raises) fails the requests of that batch with
     500 and no other; the batching loop keeps serving."""
-    from embedlab.serve_engine import Engine
+    from embedlab.serve.engine import Engine
 
     engine = Engine(pipeline, ["mobilenetv2"])
     search, failed_batches = engine.search_uploads, []

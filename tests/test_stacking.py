@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.embeddings import EmbeddingSet, l2_normalize, load_sets
-from embedlab.errors import UserError
-from embedlab.params import StackParams
-from embedlab.stacking import Stacker, fit_stacker, stack_embeddings, stack_metrics
+from embedlab.core.errors import UserError
+from embedlab.core.params import StackParams
+from embedlab.embed.embeddings import EmbeddingSet, l2_normalize, load_sets
+from embedlab.stack.fit import fit_stacker, stack_embeddings, stack_metrics
+from embedlab.stack.stacker import Stacker
 
 CLASSES = 4
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from embedlab.data.digits import write_digits
+from embedlab.core.params import DataParams, parse_params
+from embedlab.data.download.digits import write_digits
 from embedlab.data.prepare import prepare
-from embedlab.params import DataParams, parse_params
 
 from .conftest import REPO
 
@@ -201,7 +201,7 @@ def test_onednn_is_on_unless_the_user_turns_it_off(user_setting: str | None, exp
     if user_setting is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = user_setting
     script = (
-        "import os, embedlab.training; from tensorflow.python.util import _pywrap_util_port as port;"
+        "import os, embedlab.train.loop; from tensorflow.python.util import _pywrap_util_port as port;"
         "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], port.IsMklEnabled())"
     )
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
@@ -230,7 +230,7 @@ def test_mirrored_on_two_logical_cpus(workdir: Path, tmp_path: Path) -> None:
 
 def _fit_smallnet(root: Path, work: Path, smallnet: dict, augment: dict = TINY["augment"], **train: object):
     """Train smallnet in this process (no stage around it) on the tiny digits; return the result and the params."""
-    from embedlab.training import Trainer
+    from embedlab.train.loop import Trainer
 
     raw = {**TINY, "augment": augment, "train": {**TINY["train"], **train},
            "backbones": {"smallnet": {"dropout": 0.0, **smallnet}}}  # fmt: skip
@@ -245,10 +245,10 @@ def _fit_smallnet(root: Path, work: Path, smallnet: dict, augment: dict = TINY["
 
 def _map_at_5(root: Path, vectors: np.ndarray | None) -> float:
     """mAP@5 of the test split against train (the evaluate stage's protocol); ``None``: raw pixels."""
+    from embedlab.core.params import EvaluateParams
     from embedlab.data.prepare import Prepared
-    from embedlab.embeddings import EmbeddingSet, raw_pixel_set
-    from embedlab.evaluation import evaluate_model
-    from embedlab.params import EvaluateParams
+    from embedlab.embed.embeddings import EmbeddingSet, raw_pixel_set
+    from embedlab.retrieval.evaluation import evaluate_model
 
     raw = raw_pixel_set(Prepared.open(root / "data" / "prepared"))
     emb = raw if vectors is None else EmbeddingSet(vectors, raw.ids, raw.labels, raw.splits, raw.class_names)
@@ -259,7 +259,7 @@ def _map_at_5(root: Path, vectors: np.ndarray | None) -> float:
 def test_early_stopping_keeps_the_best_epoch_and_a_run_resumed_after_it_stops_alike(
     workdir: Path, tmp_path: Path
 ) -> None:
-    from embedlab.training_data import TrainingData
+    from embedlab.train.data import TrainingData
 
     smallnet = {"epochs": 20, "optimizer": "sgd", "lr": 0.4}
     result, train = _fit_smallnet(workdir, tmp_path / "a", smallnet, patience=2, checkpoint_interval=0)
@@ -294,7 +294,7 @@ def test_early_stopping_keeps_the_best_epoch_and_a_run_resumed_after_it_stops_al
 def test_triplet_only_training_learns_an_embedding_that_beats_raw_pixels(workdir: Path, tmp_path: Path) -> None:
     """No softmax term: the triplet loss alone must move the embedding (an untrained smallnet scores ~0.1)."""
     from embedlab.data.prepare import Prepared
-    from embedlab.embeddings import embed_images
+    from embedlab.embed.embeddings import embed_images
 
     smallnet = {"epochs": 6, "optimizer": "sgd", "lr": 0.2}
     result, _ = _fit_smallnet(workdir, tmp_path, smallnet, augment={}, loss="triplet", patience=10)
@@ -309,9 +309,9 @@ def test_triplet_only_training_learns_an_embedding_that_beats_raw_pixels(workdir
 
 def test_the_training_budget_cuts_the_train_split_only(workdir: Path) -> None:
     """``max_per_class`` is a class-balanced subset of train; val and test are scored whole."""
+    from embedlab.core.params import TrainParams
     from embedlab.data.prepare import Prepared
-    from embedlab.params import TrainParams
-    from embedlab.training_data import TrainingData
+    from embedlab.train.data import TrainingData
 
     prepared = Prepared.open(workdir / "data" / "prepared")
     data = TrainingData.load(workdir / "data" / "prepared", TrainParams(max_per_class=3))
@@ -343,7 +343,7 @@ def test_a_diverging_run_stops_with_one_line_naming_the_lr(workdir: Path, tmp_pa
 
 
 def test_unknown_backbone_is_rejected() -> None:
-    from embedlab.params import ParamsError
+    from embedlab.core.params import ParamsError
 
     with pytest.raises(ParamsError, match=r"backbones\.alexnet: unknown name"):
         parse_params({"backbones": {"alexnet": None}})
@@ -353,8 +353,8 @@ def test_unknown_backbone_is_rejected() -> None:
 def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
     import keras
 
-    from embedlab.params import TrainParams
-    from embedlab.training_data import TrainingData
+    from embedlab.core.params import TrainParams
+    from embedlab.train.data import TrainingData
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (500, 4, 4, 3), dtype=np.uint8)
@@ -380,7 +380,7 @@ def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
 
 @slow
 def test_identity_init_reaches_the_model_the_train_stage_trains(workdir: Path, tmp_path: Path) -> None:
-    from embedlab.training import Trainer
+    from embedlab.train.loop import Trainer
 
     smallnet = {"identity_init": True, "epochs": 1, "optimizer": "sgd", "lr": 1e-9, "dropout": 0.0}
     params = parse_params({**TINY, "backbones": {"smallnet": smallnet}})
@@ -394,8 +394,8 @@ def test_identity_init_reaches_the_model_the_train_stage_trains(workdir: Path, t
 
 
 def test_one_training_pipeline_serves_every_epochs_order() -> None:
-    from embedlab.params import TrainParams
-    from embedlab.training_data import TrainingData
+    from embedlab.core.params import TrainParams
+    from embedlab.train.data import TrainingData
 
     images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # image i is all i
     labels = np.arange(10) % 3
@@ -412,10 +412,10 @@ def test_one_training_pipeline_serves_every_epochs_order() -> None:
 
 
 def test_an_epochs_augmentation_depends_only_on_its_seed() -> None:
-    from embedlab.augment import build_augmentation
-    from embedlab.params import AugmentParams, TrainParams
-    from embedlab.training import _reseed
-    from embedlab.training_data import TrainingData
+    from embedlab.augment.layers import build_augmentation
+    from embedlab.core.params import AugmentParams, TrainParams
+    from embedlab.train.data import TrainingData
+    from embedlab.train.loop import _reseed
 
     images = np.random.default_rng(0).integers(0, 256, (1024, 8, 8, 3), dtype=np.uint8)
     data = TrainingData({"train": (images, np.arange(1024) % 4)}, 4, 8, [], TrainParams(batch_size=8))

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from embedlab.params import ParamsError, parse_params
-from embedlab.whitening import patch_whitening_kernel, whiten_stem
+from embedlab.core.params import ParamsError, parse_params
+from embedlab.models.smallnet import patch_whitening_kernel, whiten_stem
 
 
 def _correlated_images(count: int = 200, side: int = 12, seed: int = 0) -> np.ndarray:
@@ -40,7 +40,7 @@ def test_the_kernel_whitens_the_patches_in_both_signs() -> None:
 
 
 def test_whiten_stem_sets_the_kernel_from_what_the_stem_sees() -> None:
-    from embedlab.models import build_models
+    from embedlab.models.backbones import build_models
 
     images = np.random.default_rng(1).integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
     models = build_models("smallnet", 16, 3, embedding_dim=8)
@@ -52,7 +52,7 @@ def test_whiten_stem_sets_the_kernel_from_what_the_stem_sees() -> None:
 
 
 def test_identity_init_passes_each_block_input_through_its_first_filters() -> None:
-    from embedlab.models import build_models, identity_init
+    from embedlab.models.backbones import build_models, identity_init
 
     models = build_models("smallnet", 16, 3, embedding_dim=8)
     identity_init(models.backbone)

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from embedlab.core.errors import UserError
+from embedlab.core.files import atomic_dir, write_json
+from embedlab.core.params import DataParams
+from embedlab.data.images import fit_to_square
 from embedlab.data.raw import RawDataset
-from embedlab.errors import UserError
-from embedlab.fsutil import atomic_dir, write_json
-from embedlab.images import fit_to_square
-from embedlab.params import DataParams
 
 SPLITS = ("train", "val", "test")
 

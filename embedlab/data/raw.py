@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from embedlab.fsutil import write_json
-from embedlab.images import decode
+from embedlab.core.files import write_json
+from embedlab.data.images import decode
 
 
 @dataclass

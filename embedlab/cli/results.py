@@ -1,0 +1,134 @@
+"""Recorded runs: copy a finished pipeline's small outputs into a results folder, and print its table from them.
+
+A run worth keeping (the CIFAR-10 recipe) is made in its own clone: ``dvc repro`` on the recipe's params, then
+``embedlab results collect <clone> results/<name>``. The folder holds what a reader needs to trust the numbers
+(params, lock, every metrics file, curves, pictures, the machine) and ``embedlab results table`` prints the README
+table from those files, so no number is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from embedlab.core.errors import UserError
+from embedlab.core.files import write_json
+
+COPIED = ("params.yaml", "dvc.lock", "metrics", "reports", "dvclive", "plots")
+RAW_PIXELS, STACK = "raw_pixels", "stack"
+
+
+def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_seconds: float | None) -> Path:
+    """Copy the run's params, lock, metrics, dvclive logs and plots into ``out_dir`` and describe the run."""
+    from embedlab.core.runtime import cpu_description
+
+    run, out = Path(run_dir), Path(out_dir)
+    if not (run / "metrics" / "retrieval").is_dir():
+        raise UserError(f"{run}/metrics/retrieval is missing: run `dvc repro` in {run} first")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source, target = run / name, out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.tmp", ".*"))
+        elif source.exists():
+            shutil.copy2(source, target)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
+    description = {"command": command, "commit": commit, "cpu": cpu_description(), "pipeline_seconds": pipeline_seconds}
+    write_json(out / "run.json", {**description, "environment": environment(run)})
+    return out
+
+
+def environment(run: Path) -> dict[str, object]:
+    """Which software made the run: the hash of the run's ``requirements.lock`` (the exact versions, when it was
+    installed from it) and the installed versions of the libraries that change output bytes."""
+    import hashlib
+    import platform
+    from importlib import metadata
+
+    lock = run / "requirements.lock"
+    versions = {}
+    for package in ("tensorflow", "keras", "numpy", "scikit-learn", "faiss-cpu", "pillow", "dvc"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "requirements_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else None,
+        "python": platform.python_version(),
+        "packages": versions,
+    }
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def read_report(root: str | Path, kind: str, name: str) -> dict:
+    """A model's full figures: ``reports/<kind>/<name>.json``, or ``metrics/`` in runs recorded before the headline
+    metrics and the reports were split."""
+    full = Path(root) / "reports" / kind / f"{name}.json"
+    return _read(full if full.exists() else Path(root) / "metrics" / kind / f"{name}.json")
+
+
+def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
+    """One row per model (backbones in params order, then the stack and raw pixels) from the metrics files."""
+    import yaml
+
+    root = Path(results_dir)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    rows = []
+    for name in [*params["backbones"], STACK, RAW_PIXELS]:
+        retrieval = read_report(root, "retrieval", name)
+        if not retrieval:
+            continue
+        train = read_report(root, "train", name)
+        rows.append(
+            {
+                "model": name,
+                "map@5": retrieval.get("map@5"),
+                "precision@1": retrieval.get("precision@1"),
+                "map@r": retrieval.get("map@r"),
+                "knn_accuracy@5": retrieval.get("knn_accuracy@5"),
+                "linear_probe_accuracy": retrieval.get("linear_probe_accuracy"),
+                "test_accuracy": train.get("test_accuracy"),
+                "test_flip_averaged_accuracy": train.get("test_flip_averaged_accuracy"),
+                "train_images": train.get("train_images"),
+                "epochs": train.get("epochs_run"),
+                "train_minutes": round(train["wall_seconds"] / 60, 1) if "wall_seconds" in train else None,
+                "images_per_second": train.get("epoch_images_per_second"),
+            }
+        )
+    return rows
+
+
+SCORES = (
+    "map@5", "precision@1", "map@r", "knn_accuracy@5", "linear_probe_accuracy", "test_accuracy",
+    "test_flip_averaged_accuracy",
+)  # fmt: skip
+
+
+def _cell(key: str, value: object) -> str:
+    """Scores with four decimals, minutes with one, counts and rates as they are."""
+    if value is None:
+        return "–"
+    if key in SCORES:
+        return f"{value:.4f}"
+    return f"{value:.1f}" if key == "train_minutes" else str(value)
+
+
+def markdown_table(results_dir: str | Path) -> str:
+    """The README's results table."""
+    headers = [
+        "model", "mAP@5", "P@1", "MAP@R", "kNN acc@5", "linear probe", "softmax test acc", "flip-averaged",
+        "train images", "epochs", "train min", "img/s",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in table_rows(results_dir):
+        cells = [f"**{row['model']}**" if row["model"] == STACK else str(row["model"])]
+        cells += [_cell(key, value) for key, value in list(row.items())[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

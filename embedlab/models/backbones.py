@@ -1,0 +1,264 @@
+"""Backbone registry and the embedding model contract.
+
+The saved embedding model takes **raw uint8 RGB** at ``data.image_size`` and returns an L2-normalised float32
+embedding; the cast, the resize to the backbone's input size, the backbone's own ``preprocess_input``, the
+backbone, dropout, the projection and the L2 norm all live inside it, so ``embed``, ``search`` and any user call
+it the same way. A classifier head on the embedding is kept separately for the softmax loss and accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import ops
+
+from embedlab.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A Keras application (or this module's small-image network) and how to feed it."""
+
+    build: str  # attribute of keras.applications, or "SmallNet" (built here: see build_smallnet)
+    preprocess: str  # "caffe" (BGR, ImageNet mean), "tf" ([-1, 1]) or "torch" ([0, 1], ImageNet mean/std)
+    min_size: int  # smallest input the architecture accepts
+    weights_file: str  # the no-top ImageNet file Keras downloads into ~/.keras/models/
+
+
+BACKBONES: dict[str, Backbone] = {
+    "densenet121": Backbone("DenseNet121", "torch", 32, "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50": Backbone("ResNet50", "caffe", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": Backbone("VGG16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "xception": Backbone("Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "mobilenetv2": Backbone(
+        "MobileNetV2", "tf", 32, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5"
+    ),
+    "smallnet": Backbone("SmallNet", "tf", 16, ""),  # no ImageNet weights: built for training from scratch
+}
+
+SMALLNET_WIDTHS = (64, 256, 256)
+
+
+def build_smallnet(
+    side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0, bn_scale: bool = True
+) -> keras.Model:
+    """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
+    a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool ->
+    BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.
+
+    Why: ImageNet backbones spend most of their depth below 8x8 pixels on a 32 px input; this one keeps its
+    compute at 16x16 and 8x8, where small images carry their information. Three 2x downsamplings suit 32-64 px
+    inputs; each block halves the side, so the input must be at least 2 ** len(widths) + 1 pixels.
+    ``bn_scale=False`` (``model.bn_scale``) drops BatchNorm's learned scale, as airbench does: each normalised
+    output keeps unit variance and only its shift learns.
+    """
+    inputs = keras.Input((side, side, 3), name="pixels")
+
+    def conv(width: int, kernel: int, name: str, padding: str = "same", bias: bool = False):
+        # Seeded He init: the same params give the same first weights in every process.
+        init = keras.initializers.HeNormal(seed=seed + len(names))
+        names.append(name)
+        return keras.layers.Conv2D(width, kernel, padding=padding, use_bias=bias, kernel_initializer=init, name=name)
+
+    names: list[str] = []
+    x = conv(24, 2, "stem_conv", padding="valid", bias=True)(inputs)
+    x = keras.layers.Activation("gelu", name="stem_gelu")(x)
+    for b, width in enumerate(widths, start=1):
+        x = conv(width, 3, f"block{b}_conv1")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, scale=bn_scale, name=f"block{b}_bn1")(x)
+        x = keras.layers.Activation("gelu", name=f"block{b}_gelu1")(x)
+        x = conv(width, 3, f"block{b}_conv2")(x)
+        x = keras.layers.BatchNormalization(epsilon=1e-5, scale=bn_scale, name=f"block{b}_bn2")(x)
+        x = keras.layers.Activation("gelu", name=f"block{b}_gelu2")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name="smallnet")
+
+
+def identity_init(backbone: keras.Model) -> None:
+    """airbench's partial Dirac initialisation (``model.identity_init``): in every 3x3 block convolution of
+    smallnet the first ``min(in, out)`` filters start as the identity, passing their input channel through; the
+    others keep their He init. The deep network then starts as a near copy of its stem's features, so the first
+    steps train every layer instead of pushing noise through random ones."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith("block"):
+            kernel = np.array(layer.kernel)
+            centre, count = kernel.shape[0] // 2, min(kernel.shape[2], kernel.shape[3])
+            kernel[:, :, :, :count] = 0.0
+            kernel[centre, centre, np.arange(count), np.arange(count)] = 1.0
+            layer.kernel.assign(kernel)
+
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class BackbonePreprocess(keras.layers.Layer):
+    """The arithmetic of ``keras.applications.<family>.preprocess_input`` on float RGB in [0, 255], as a layer."""
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "torch"):
+            raise ValueError(f"unknown preprocess mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        """The family's preprocessing of float RGB in [0, 255]."""
+        match self.mode:
+            case "tf":
+                return x / 127.5 - 1.0
+            case "torch":
+                mean = ops.convert_to_tensor(_IMAGENET_MEAN, dtype=x.dtype)
+                std = ops.convert_to_tensor(_IMAGENET_STD, dtype=x.dtype)
+                return (x / 255.0 - mean) / std
+            case "caffe":
+                mean = ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
+                return ops.flip(x, axis=-1) - mean
+            case other:
+                raise ValueError(f"unknown preprocess mode {other!r}")
+
+    def get_config(self) -> dict:
+        """Keras serialisation: the mode."""
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class L2Normalize(keras.layers.Layer):
+    """Unit-length rows (float32 even under mixed precision)."""
+
+    def call(self, x):
+        """Rows divided by their length."""
+        x = ops.cast(x, "float32")
+        return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-30))
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class StopGradient(keras.layers.Layer):
+    """Identity forward, no gradient backward: a linear probe that reads the embedding without shaping it."""
+
+    def call(self, x):
+        """The input, detached from the gradient."""
+        return ops.stop_gradient(x)
+
+
+def input_size_for(name: str, image_size: int, requested: int | None) -> int:
+    """The backbone's input side: the requested size, else the image size, never below the architecture's floor."""
+    return max(requested or image_size, BACKBONES[name].min_size)
+
+
+def keras_weights_dir() -> Path:
+    """Where keras.applications looks for (and downloads) ImageNet weights."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def _build_backbone(name: str, weights: str | None, side: int, bn_scale: bool) -> keras.Model:
+    """Instantiate the Keras application; an offline ImageNet download fails with the file and folder to fix it."""
+    spec = BACKBONES[name]
+    if spec.build == "SmallNet":
+        if weights == "imagenet":
+            raise UserError(f"model.weights=imagenet: {name} has no ImageNet weights; use null or a .weights.h5 path")
+        return build_smallnet(side, bn_scale=bn_scale)
+    application = getattr(keras.applications, spec.build)
+    keras_weights = "imagenet" if weights == "imagenet" else None
+    try:
+        return application(include_top=False, weights=keras_weights, input_shape=(side, side, 3), pooling="avg")
+    except Exception as err:
+        if keras_weights is None:
+            raise
+        filename = spec.weights_file.format(size=_mobilenet_size(side))
+        raise UserError(
+            f"model.weights=imagenet: could not download {filename} ({type(err).__name__}). Put that file in "
+            f"{keras_weights_dir()}/ (or set KERAS_HOME), or use model.weights=null for random init, or a path "
+            "to a .weights.h5 file."
+        ) from err
+
+
+def _he_init(backbone: keras.Model) -> None:
+    """Re-draw conv kernels He-normal. Keras applications default to Glorot-uniform, under which a deep plain ReLU
+    stack without normalisation (VGG16) starts with vanishing activations and stays at chance for many epochs."""
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    for i, layer in enumerate(convs):
+        layer.kernel.assign(keras.initializers.HeNormal(seed=i)(layer.kernel.shape))
+
+
+def _mobilenet_size(input_size: int) -> int:
+    return min((96, 128, 160, 192, 224), key=lambda s: abs(s - input_size))
+
+
+@dataclass
+class Models:
+    """The three views of one built model: the saved embedding model, the trainer with the classifier head, and the
+    backbone (for freezing)."""
+
+    embedding: keras.Model  # uint8 image -> unit embedding
+    trainer: keras.Model  # uint8 image -> {"embedding", "logits"}
+    backbone: keras.Model
+
+
+def build_models(
+    name: str,
+    image_size: int,
+    num_classes: int,
+    *,
+    embedding_dim: int = 128,
+    dropout: float = 0.2,
+    weights: str | None = None,
+    input_size: int | None = None,
+    bn_momentum: float | None = None,
+    probe_head: bool = False,
+    logit_scale: float = 1.0,
+    bn_scale: bool = True,
+) -> Models:
+    """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head."""
+    if name not in BACKBONES:
+        raise UserError(f"model backbone {name!r} unknown; choose from {', '.join(BACKBONES)}")
+    spec = BACKBONES[name]
+    side = input_size_for(name, image_size, input_size)
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0, dtype="float32", name="cast")(inputs)
+    if side != image_size:
+        x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
+    x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
+    backbone = _build_backbone(name, weights, side, bn_scale)
+    backbone.name = f"{name}_backbone"
+    if weights is None and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers):
+        _he_init(backbone)
+    if bn_momentum is not None:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = bn_momentum
+    x = backbone(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dense(embedding_dim, name="projection")(x)
+    embedding = L2Normalize(name="embedding")(x)
+    embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
+    # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
+    head_input = StopGradient(name="probe")(embedding) if probe_head else embedding
+    if logit_scale != 1.0:
+        # A unit embedding caps the logits at |W|; under weight decay they stay small and the softmax gradient weak.
+        # A fixed scale (a normalised-softmax head) lets the classifier saturate from the first epoch.
+        head_input = keras.layers.Rescaling(logit_scale, name="logit_scale")(head_input)
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(head_input)
+    trainer = keras.Model(inputs, {"embedding": embedding, "logits": logits}, name=f"{name}_trainer")
+    if weights not in (None, "imagenet"):
+        load_weights(trainer, weights)
+    return Models(embedding_model, trainer, backbone)
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    """Load a ``.weights.h5`` file saved from a model of the same backbone and head sizes."""
+    file = Path(path).expanduser()
+    if not file.name.endswith(".weights.h5"):
+        raise UserError(f"model.weights: {path} must be 'imagenet', null or a path to a .weights.h5 file")
+    if not file.is_file():
+        raise UserError(f"model.weights: {path} does not exist")
+    try:
+        model.load_weights(file)
+    except ValueError as err:
+        raise UserError(f"model.weights: {path} does not fit this model ({err})".replace("\n", " ")) from err

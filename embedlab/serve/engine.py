@@ -1,0 +1,239 @@
+"""The query engine behind ``embedlab serve``: models, galleries and images loaded once, and the batching loop.
+
+One worker thread owns TensorFlow and the indexes. Uploads that arrive while it is busy are embedded together as one
+batch (dynamic batching), so each backbone runs once per batch and throughput grows with load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import yaml
+
+from embedlab.core.errors import UserError, require_output
+from embedlab.core.files import md5sum
+from embedlab.core.params import Params, ServeParams, load_params
+from embedlab.data.images import ImageDecodeError, decode, fit_to_square
+from embedlab.embed.embeddings import STACK, embedding_path
+from embedlab.serve.query import Gallery, Hit, QueryEmbedder
+
+
+class RequestError(Exception):
+    """A bad request: ``status`` and a one-line ``detail`` for the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class Engine:
+    """Everything a query needs, loaded once: the query embedder, one gallery per model, the prepared images."""
+
+    def __init__(self, root: Path, models: list[str] | None = None, index: str | None = None) -> None:
+        from embedlab.data.prepare import Prepared
+
+        params = load_params(root / "params.yaml")
+        self.params: ServeParams = params.serve
+        self.models = models or params.model_names
+        unknown = [m for m in self.models if m not in params.model_names]
+        if unknown:
+            raise UserError(
+                f"--models {unknown[0]}: not a model of this pipeline; choose from {', '.join(params.model_names)}"
+            )
+        info = json.loads(require_output(root / "data/prepared/info.json", "preprocess").read_text())
+        self.image_size, self.fit = int(info["image_size"]), info["fit"]
+        self.prepared = Prepared.open(root / "data/prepared")
+        self.row_of = {image_id: row for row, image_id in enumerate(self.prepared.index["id"])}
+        index = index or params.evaluate.index
+        self.galleries = {
+            m: Gallery(m, root, self.params.gallery, params.evaluate.metric, index, params.evaluate.faiss)
+            for m in self.models
+        }
+        self.embedder = QueryEmbedder(root, self.models, params.embed.flip_average)
+        self.embedder.embed(np.zeros((2, self.image_size, self.image_size, 3), np.uint8), self.models)  # trace now
+        self.description = self._describe(root, params)
+        self.thumbnail = lru_cache(maxsize=8192)(self._png)
+
+    def _describe(self, root: Path, params: Params) -> dict:
+        """``/api/info``: what is loaded, and the hashes that tie it to the pipeline's files."""
+        return {
+            "models": [
+                {
+                    "name": m,
+                    "gallery": len(g),
+                    "dim": g.dim,
+                    "index": g.index_kind,
+                    "embeddings_md5": md5sum(embedding_path(m, root)),
+                    "in_dvc_lock": _in_lock(root, m),
+                }
+                for m, g in self.galleries.items()
+            ],
+            "gallery_splits": self.params.gallery,
+            "metric": params.evaluate.metric,
+            "flip_average": params.embed.flip_average,
+            "image_size": self.image_size,
+            "classes": list(self.prepared.class_names),
+            "params_md5": md5sum(root / "params.yaml"),
+            "k": self.params.k,
+            "max_k": self.params.max_k,
+            "max_upload_mb": self.params.max_upload_mb,
+        }
+
+    def check(self, models: str | None, k: int | None) -> tuple[list[str], int]:
+        """The request's models (comma-separated; default all loaded) and depth, or a 400 naming what is wrong."""
+        chosen = [m for m in (models or "").split(",") if m] or self.models
+        for m in chosen:
+            if m not in self.galleries:
+                raise RequestError(400, f"unknown model {m!r}; this server has {', '.join(self.models)}")
+        k = self.params.k if k is None else k
+        if not 1 <= k <= self.params.max_k:
+            raise RequestError(400, f"k must be between 1 and {self.params.max_k} (serve.max_k), got {k}")
+        return chosen, k
+
+    def load_upload(self, data: bytes) -> tuple[np.ndarray, list[int]]:
+        """Decode an uploaded file into a prepared-size image, or raise a 413/415/400 saying why not."""
+        from PIL import Image, UnidentifiedImageError
+
+        limit = int(self.params.max_upload_mb * 2**20)
+        if len(data) > limit:
+            raise RequestError(413, f"upload is {len(data):,} bytes; the limit is {limit:,} (serve.max_upload_mb)")
+        if not data:
+            raise RequestError(400, "the upload is empty")
+        try:
+            with Image.open(io.BytesIO(data)) as header:  # reads the header only: size before decoding
+                size = list(header.size)
+        except UnidentifiedImageError:
+            raise RequestError(415, "not an image: Pillow cannot identify the file's format") from None
+        except Exception as err:
+            raise RequestError(400, f"unreadable image ({type(err).__name__}: {err})") from None
+        if size[0] * size[1] > self.params.max_image_pixels:
+            raise RequestError(
+                413,
+                f"image is {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels; the limit is "
+                f"{self.params.max_image_pixels:,} (serve.max_image_pixels)",
+            )
+        try:
+            image = decode(data)
+        except ImageDecodeError as err:
+            raise RequestError(400, f"corrupt or truncated image ({err})") from None
+        return fit_to_square(image, self.image_size, self.fit), size
+
+    def search_uploads(self, queries: list[tuple[np.ndarray, list[str], int]]) -> list[dict[str, list[dict]]]:
+        """Answer a batch of uploads: each needed backbone runs once over the whole batch."""
+        needed = list(dict.fromkeys(m for _, models, _ in queries for m in models))
+        vectors = self.embedder.embed(np.stack([image for image, _, _ in queries]), needed)
+        answers: list[dict[str, list[dict]]] = [{} for _ in queries]
+        for model in needed:
+            rows = [i for i, (_, models, _) in enumerate(queries) if model in models]
+            depth = max(queries[i][2] for i in rows)
+            for i, hits in zip(rows, self.galleries[model].top_k(vectors[model][rows], depth), strict=True):
+                answers[i][model] = [self._hit(h) for h in hits[: queries[i][2]]]
+        return [{m: answer[m] for m in models} for answer, (_, models, _) in zip(answers, queries, strict=True)]
+
+    def search_id(self, image_id: str, models: list[str], k: int) -> dict[str, list[dict]]:
+        """Query with an image of the dataset by id: its stored embeddings, itself left out of the results."""
+        if image_id not in self.row_of:
+            raise RequestError(404, f"unknown image id {image_id!r}")
+        answer = {}
+        for model in models:
+            gallery = self.galleries[model]
+            hits = gallery.top_k(gallery.vector_of(image_id)[None, :], k, query_ids=[image_id])[0]
+            answer[model] = [self._hit(h) for h in hits]
+        return answer
+
+    def _hit(self, hit: Hit) -> dict:
+        quoted = quote(hit.id)
+        return {**hit.as_dict(), "thumbnail": f"/api/thumbnails/{quoted}", "image": f"/api/images/{quoted}"}
+
+    def class_of(self, image_id: str) -> str:
+        """The class name of a dataset image."""
+        return str(self.prepared.class_names[self.prepared.labels[self.row_of[image_id]]])
+
+    def image_of(self, image_id: str) -> np.ndarray:
+        """A dataset image's prepared pixels, or a 404."""
+        if image_id not in self.row_of:
+            raise RequestError(404, f"unknown image id {image_id!r}")
+        return np.asarray(self.prepared.images[self.row_of[image_id]])
+
+    def _png(self, image_id: str, side: int | None) -> bytes:
+        from PIL import Image
+
+        image = Image.fromarray(self.image_of(image_id))
+        if side is not None and side != image.width:  # nearest keeps small images' pixels crisp when enlarged
+            image = image.resize((side, side), Image.Resampling.NEAREST if side > image.width else Image.BICUBIC)
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        return out.getvalue()
+
+
+def _in_lock(root: Path, model: str) -> bool | None:
+    """Whether the model's embeddings file is the one ``dvc.lock`` records (None: no lock or no entry)."""
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return None
+    stage = "stack" if model == STACK else f"embed@{model}"
+    outs = (yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) or {}).get("outs", [])
+    path = embedding_path(model, ".").as_posix()
+    recorded = [out.get("md5") for out in outs if out.get("path") == path]
+    return recorded[0] == md5sum(embedding_path(model, root)) if recorded else None
+
+
+class Batcher:
+    """Feeds the engine from one worker thread; uploads waiting together go through as one batch."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="embedlab-query")
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.batches = self.queries = 0
+
+    async def start(self) -> None:
+        """Start the batching loop (inside the server's event loop)."""
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the loop and the worker thread."""
+        if self.task:
+            self.task.cancel()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+    async def call(self, fn, *args):
+        """Run ``fn`` on the worker thread (in turn with the batches)."""
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    async def search_upload(self, image: np.ndarray, models: list[str], k: int) -> tuple[dict, int]:
+        """The upload's results and the size of the batch it went through."""
+        assert self.queue is not None, "Batcher.start() was not awaited"
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(((image, models, k), future))
+        return await future
+
+    async def _run(self) -> None:
+        assert self.queue is not None
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.engine.params.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            batch = [(query, future) for query, future in batch if not future.done()]  # clients that gave up
+            if not batch:
+                continue
+            try:
+                answers = await self.call(self.engine.search_uploads, [query for query, _ in batch])
+            except Exception as err:  # a bug, not bad input: every waiting request gets the 500, the loop goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(err)
+                continue
+            self.batches, self.queries = self.batches + 1, self.queries + len(batch)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result((answer, len(batch)))
