@@ -33,7 +33,9 @@ def main() -> None:
     args = parser.parse_args()
 
     saved = Path("models") / f"{args.backbone}.keras"
-    model = load_embedding_model(saved) if saved.exists() else build_models(args.backbone, args.size, 10).embedding
+    model = (
+        load_embedding_model(saved) if saved.exists() else build_models(args.backbone, args.size, 10, seed=0).embedding
+    )
     size = model.inputs[0].shape[1]
     images = np.random.default_rng(0).integers(0, 256, size=(args.images, size, size, 3), dtype=np.uint8)
 

@@ -51,7 +51,7 @@ def test_smallnet_without_batchnorm_scale_has_shifts_only() -> None:
     from embedlab.models.backbones import build_models
 
     for bn_scale in (True, False):
-        models = build_models("smallnet", 32, 10, bn_scale=bn_scale)
+        models = build_models("smallnet", 32, 10, bn_scale=bn_scale, seed=0)
         norms = [lay for lay in models.backbone.layers if isinstance(lay, keras.layers.BatchNormalization)]
         assert len(norms) == 6 and all(lay.scale is bn_scale and lay.center for lay in norms)
 
@@ -179,7 +179,7 @@ def test_the_airbench_recipe_trains_smallnet_through_the_train_stage(tmp_path: P
     ).run()  # fmt: skip
     assert result.metrics["val_accuracy"] > 0.3, result.metrics  # ten classes: chance is 0.1; mirrored digits
     # model.freeze_stem: the stem's kernel is still the whitening it started as; its bias trained
-    built = build_models("smallnet", 32, 10, dropout=0.0, bn_scale=False)
+    built = build_models("smallnet", 32, 10, dropout=0.0, bn_scale=False, seed=0)
     train_images = TrainingData.load(tmp_path / "prepared", train_params).arrays["train"][0]
     whiten_stem(built.embedding, built.backbone, train_images, seed=train_params.seed)
     stem = result.embedding.get_layer("smallnet_backbone").get_layer("stem_conv")

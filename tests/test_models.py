@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 
+from embedlab.core.backbones import BACKBONES
 from embedlab.core.errors import UserError
-from embedlab.models.backbones import BACKBONES, BackbonePreprocess, build_models, input_size_for
+from embedlab.models.backbones import BackbonePreprocess, build_models, input_size_for
 from embedlab.models.io import load_embedding_model
 
 
@@ -18,7 +19,7 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def test_contract_uint8_in_unit_norm_out(tmp_path: Path) -> None:
-    models = build_models("mobilenetv2", 32, num_classes=5, embedding_dim=24)
+    models = build_models("mobilenetv2", 32, num_classes=5, embedding_dim=24, seed=0)
     model = models.embedding
     assert model.inputs[0].dtype == "uint8" and tuple(model.inputs[0].shape) == (None, 32, 32, 3)
     out = np.asarray(model.predict(_images(6, 32), verbose=0))
@@ -35,7 +36,7 @@ def test_contract_uint8_in_unit_norm_out(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_each_backbone_builds_at_its_minimum_size(name: str) -> None:
     spec = BACKBONES[name]
-    models = build_models(name, 32, num_classes=3, embedding_dim=8)
+    models = build_models(name, 32, num_classes=3, embedding_dim=8, seed=0)
     side = input_size_for(name, 32, None)
     assert side == max(32, spec.min_size)
     if side != 32:  # Xception: the model upsamples 32 px input to its 71 px floor inside
@@ -59,20 +60,20 @@ def test_preprocess_layer_matches_keras(mode: str, reference) -> None:
 
 
 def test_weights_path_round_trip(tmp_path: Path) -> None:
-    first = build_models("mobilenetv2", 32, num_classes=4, embedding_dim=16)
+    first = build_models("mobilenetv2", 32, num_classes=4, embedding_dim=16, seed=0)
     rng = np.random.default_rng(3)  # weights no fresh build has (cheaper than a training step)
     first.trainer.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in first.trainer.get_weights()])
     path = tmp_path / "trained.weights.h5"
     first.trainer.save_weights(path)
-    second = build_models("mobilenetv2", 32, num_classes=4, embedding_dim=16, weights=str(path))
+    second = build_models("mobilenetv2", 32, num_classes=4, embedding_dim=16, weights=str(path), seed=0)
     x = _images(4, 32, seed=9)
     np.testing.assert_allclose(
         np.asarray(second.embedding(x, training=False)), np.asarray(first.embedding(x, training=False)), atol=1e-6
     )
     with pytest.raises(UserError, match="does not fit"):
-        build_models("mobilenetv2", 32, num_classes=4, embedding_dim=32, weights=str(path))
+        build_models("mobilenetv2", 32, num_classes=4, embedding_dim=32, weights=str(path), seed=0)
     with pytest.raises(UserError, match=r"\.weights\.h5"):
-        build_models("mobilenetv2", 32, num_classes=4, weights=str(tmp_path / "model.h5"))
+        build_models("mobilenetv2", 32, num_classes=4, weights=str(tmp_path / "model.h5"), seed=0)
 
 
 def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +87,7 @@ def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(file_utils, "get_file", offline)
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(UserError) as err:
-        build_models("resnet50", 32, num_classes=3, weights="imagenet")
+        build_models("resnet50", 32, num_classes=3, weights="imagenet", seed=0)
     message = str(err.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / "keras" / "models") in message
@@ -95,7 +96,7 @@ def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.parametrize(("size", "classes"), [(16, 2), (32, 10), (48, 3)])
 def test_smallnet_trains_one_step_at_any_size_and_class_count(size: int, classes: int) -> None:
-    models = build_models("smallnet", size, num_classes=classes, embedding_dim=12, logit_scale=16.0)
+    models = build_models("smallnet", size, num_classes=classes, embedding_dim=12, logit_scale=16.0, seed=0)
     assert [layer.name for layer in models.backbone.layers if "pool" in layer.name][-1] == "max_pool"
     models.trainer.compile(optimizer="sgd", loss={"logits": "categorical_crossentropy"})
     images, labels = _images(8, size), np.eye(classes, dtype="float32")[np.arange(8) % classes]
@@ -111,11 +112,11 @@ def test_smallnet_trains_one_step_at_any_size_and_class_count(size: int, classes
 
 def test_smallnet_has_no_imagenet_weights() -> None:
     with pytest.raises(UserError, match="smallnet has no ImageNet weights"):
-        build_models("smallnet", 32, num_classes=3, weights="imagenet")
+        build_models("smallnet", 32, num_classes=3, weights="imagenet", seed=0)
 
 
 def test_smallnet_is_seeded() -> None:
-    first, second = (build_models("smallnet", 32, num_classes=3).backbone.get_weights() for _ in range(2))
+    first, second = (build_models("smallnet", 32, num_classes=3, seed=0).backbone.get_weights() for _ in range(2))
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -393,6 +393,31 @@ def test_identity_init_reaches_the_model_the_train_stage_trains(workdir: Path, t
     np.testing.assert_allclose(np.asarray(conv.kernel)[1, 1, :, :64], np.eye(64), atol=1e-4)  # lr 1e-9: as set
 
 
+@pytest.mark.parametrize(
+    "backbone", ["smallnet", pytest.param("vgg16", marks=slow), pytest.param("mobilenetv2", marks=slow)]
+)
+def test_train_seed_decides_every_initial_weight(workdir: Path, tmp_path: Path, backbone: str) -> None:
+    """smallnet's seeded convolutions, VGG16's He re-init and every Keras default initialiser all follow
+    ``train.seed``: the same seed gives the same first weights, another seed different ones in every kernel."""
+    from embedlab.train.loop import Trainer
+
+    def first_weights(seed: int) -> list[np.ndarray]:
+        params = parse_params({**TINY, "backbones": {backbone: None}, "train": {**TINY["train"], "seed": seed}})
+        model_params, train_params = params.for_backbone(backbone)
+        run = Trainer(
+            backbone, model_params, train_params, params.augment, prepared_dir=workdir / "data" / "prepared",
+            work_dir=tmp_path / f"work{seed}", live_dir=tmp_path / f"live{seed}",
+        ).build()  # fmt: skip
+        run.log.end()
+        return run.models.trainer.get_weights()
+
+    first, again, other = first_weights(0), first_weights(0), first_weights(1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    random = [(a, c) for a, c in zip(first, other, strict=True) if a.std() > 0]  # not the constant biases, BN stats
+    assert len(random) >= 4 and all(not np.array_equal(a, c) for a, c in random)
+
+
 def test_one_training_pipeline_serves_every_epochs_order() -> None:
     from embedlab.core.params import TrainParams
     from embedlab.train.data import TrainingData

@@ -43,7 +43,7 @@ def test_whiten_stem_sets_the_kernel_from_what_the_stem_sees() -> None:
     from embedlab.models.backbones import build_models
 
     images = np.random.default_rng(1).integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
-    models = build_models("smallnet", 16, 3, embedding_dim=8)
+    models = build_models("smallnet", 16, 3, embedding_dim=8, seed=0)
     whiten_stem(models.embedding, models.backbone, images, seed=0)
     stem = models.backbone.get_layer("stem_conv")
     expected = patch_whitening_kernel(images.astype(np.float32) / 127.5 - 1.0)  # smallnet's preprocessing
@@ -52,9 +52,10 @@ def test_whiten_stem_sets_the_kernel_from_what_the_stem_sees() -> None:
 
 
 def test_identity_init_passes_each_block_input_through_its_first_filters() -> None:
-    from embedlab.models.backbones import build_models, identity_init
+    from embedlab.models.backbones import build_models
+    from embedlab.models.smallnet import identity_init
 
-    models = build_models("smallnet", 16, 3, embedding_dim=8)
+    models = build_models("smallnet", 16, 3, embedding_dim=8, seed=0)
     identity_init(models.backbone)
     rng = np.random.default_rng(2)
     for name in ("block1_conv1", "block2_conv1", "block3_conv2"):  # 24 -> 64, 64 -> 256, 256 -> 256

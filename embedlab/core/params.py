@@ -14,11 +14,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from embedlab.core.backbones import BACKBONES, BackboneName
 from embedlab.core.schema import (  # the sections, re-exported: callers import every params type from here
-    NO_IMAGENET_WEIGHTS,
-    SMALLNET_INITS,
+    SMALLNET_OPTIONS,
     AugmentParams,
-    BackboneName,
     BackboneOverrides,
     ClusterParams,
     DataParams,
@@ -108,24 +107,18 @@ class Params(_Section):
             )
         except ValidationError as err:
             raise ParamsError(_format_error(err, prefix=f"backbones.{name}")) from None
-        smallnet_only = (
-            ("whiten_stem", "whitening stem", True),
-            ("identity_init", "identity-initialised blocks", True),
-            ("bn_scale", "BatchNorm scale option", False),
-            ("freeze_stem", "stem to freeze", True),
-        )
-        for key, what, set_value in smallnet_only:
-            if getattr(model, key) == set_value and name not in SMALLNET_INITS:
+        spec = BACKBONES[name]
+        for key, what in SMALLNET_OPTIONS.items():
+            if getattr(model, key) != ModelParams.model_fields[key].default and not spec.smallnet_options:
                 where = f"backbones.{name}.{key}" if key in overrides else f"model.{key}"
+                having = ", ".join(sorted(n for n, s in BACKBONES.items() if s.smallnet_options))
                 raise ParamsError(
-                    f"params.yaml: {where}: {name} has no {what}; only {', '.join(sorted(SMALLNET_INITS))} has "
-                    "(set it under backbones.smallnet)"
+                    f"params.yaml: {where}: {name} has no {what}; only {having} has (set it under backbones.smallnet)"
                 )
-        if name in NO_IMAGENET_WEIGHTS and model.weights == "imagenet":
-            where = "backbones.{name}.weights" if "weights" in overrides else "model.weights"
+        if model.weights == "imagenet" and not spec.imagenet_weights:
+            where = f"backbones.{name}.weights" if "weights" in overrides else "model.weights"
             raise ParamsError(
-                f"params.yaml: {where.format(name=name)}: {name} has no ImageNet weights; use null (random init) "
-                "or a .weights.h5 path"
+                f"params.yaml: {where}: {name} has no ImageNet weights; use null (random init) or a .weights.h5 path"
             )
         return model, train
 

@@ -6,10 +6,11 @@ line naming the key.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
+from embedlab.core.backbones import BackboneName
 from embedlab.core.errors import UserError
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -30,21 +31,30 @@ class _Section(BaseModel):
     """A params.yaml section: unknown keys are errors, values are read-only, and values are taken as written: a
     quoted ``"48"`` is text, not a number, so it is refused where a number is expected (strict mode)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 class DataParams(_Section):
     """``data:``: the dataset source and how images become ``data/prepared`` (size, fit, splits)."""
 
     source: Literal["digits", "cifar10", "folder"] = "digits"
+    """digits (bundled, offline) | cifar10 | folder"""
     url: str = CIFAR10_URL
+    """cifar10: official archive or any mirror"""
     path: str | None = None
+    """cifar10: local cifar-10-binary.tar.gz; folder: directory or .tar/.tar.gz/.zip"""
     image_size: Annotated[int, Field(ge=8, le=1024)] = 32
+    """side of the square images stored in data/prepared"""
     fit: Literal["crop", "pad", "stretch"] = "crop"
+    """crop | pad | stretch, for non-square images"""
     val_fraction: Fraction = 0.15
+    """share of each class's training images held out for validation"""
     test_fraction: Fraction = 0.3
+    """share of each class used for test when the source has no official test split"""
     max_per_class: Annotated[int, Field(ge=2)] | None = None
+    """cap images per class and source split (quick experiments), null = all"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """seeds the train/val/test split and the per-class cap"""
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
@@ -57,17 +67,25 @@ class AugmentParams(_Section):
     """``augment:``: on-the-fly training augmentation, each kind off at 0 / none."""
 
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    """none | horizontal | vertical | horizontal_and_vertical"""
     rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    """max rotation, fraction of a full turn"""
     zoom: NonNegativeFraction = 0.0
+    """max zoom in/out, fraction"""
     shift: NonNegativeFraction = 0.0
+    """max translation, fraction of width/height"""
     shear: NonNegativeFraction = 0.0
+    """max shear, fraction"""
     contrast: NonNegativeFraction = 0.0
+    """max contrast change, fraction"""
     # bilinear: sub-pixel shifts (resampled, slightly blurred); nearest: whole-pixel shifts, as a random crop of a
     # reflect-padded image (airbench's translation)
     shift_interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    """bilinear (sub-pixel shifts) | nearest (whole pixels, as airbench)"""
     # airbench's derandomised flip: each image mirrored (or not) by a seeded coin in epoch 0, all flipped the other
     # way every odd epoch, so consecutive epochs always show both sides
     alternate_flip: bool = False
+    """with flip: horizontal, airbench's derandomised flip (each image both ways every 2 epochs)"""
 
     @model_validator(mode="after")
     def _check(self) -> AugmentParams:
@@ -76,13 +94,7 @@ class AugmentParams(_Section):
         return self
 
 
-NO_IMAGENET_WEIGHTS = {"smallnet"}  # built for training from scratch
-# backbones with smallnet's options: a patch-whitening stem (model.whiten_stem) that may be frozen
-# (model.freeze_stem), identity-initialised block convolutions (model.identity_init) and BatchNorm without a learned
-# scale (model.bn_scale)
-SMALLNET_INITS = {"smallnet"}
 StackMethod = Literal["select", "concat", "pca", "weighted", "mlp"]  # described in embedlab/stack/stacker.py
-BackboneName = Literal["densenet121", "resnet50", "vgg16", "xception", "mobilenetv2", "smallnet"]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -90,45 +102,89 @@ PositiveInt = Annotated[int, Field(ge=1)]
 class ModelParams(_Section):
     """``model:``: the embedding model around every backbone (weights, embedding size, input size, head scale)."""
 
-    weights: str | None = None  # "imagenet", None (random init) or a path to a .weights.h5 file
+    weights: str | None = None
+    """imagenet | null (random init, offline) | path/to/file.weights.h5"""
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
+    """size of the L2-normalised embedding every model outputs"""
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
-    logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0  # unit embedding x this before the classifier
-    whiten_stem: bool = False  # smallnet: initialise the stem from the training patches' whitening (whitening.py)
-    identity_init: bool = False  # smallnet: each block convolution's first filters start as the identity
-    bn_scale: bool = True  # smallnet: false = BatchNorm without a learned scale (airbench's; shift only)
-    freeze_stem: bool = False  # smallnet: the stem's kernel (e.g. its whitening) does not train; its bias does
+    """backbone input side (resized inside the model); null = data.image_size"""
+    logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0
+    """the unit embedding is multiplied by it before the softmax classifier"""
+    whiten_stem: bool = False
+    """smallnet only (set it under backbones.smallnet): patch-whitening stem initialisation"""
+    identity_init: bool = False
+    """smallnet only (set it under backbones.smallnet): block convolutions start as identities"""
+    bn_scale: bool = True
+    """smallnet only: false = BatchNorm without a learned scale (airbench)"""
+    freeze_stem: bool = False
+    """smallnet only: the stem's kernel (its whitening) does not train"""
+
+
+# The model.* keys that only a backbone with ``smallnet_options`` in its registry entry (embedlab.core.backbones)
+# accepts at a value other than the default, and what the others lack.
+SMALLNET_OPTIONS = {
+    "whiten_stem": "whitening stem",
+    "identity_init": "identity-initialised blocks",
+    "bn_scale": "BatchNorm scale option",
+    "freeze_stem": "stem to freeze",
+}
 
 
 class TrainParams(_Section):
     """``train:``: the training recipe every backbone uses unless ``backbones.<name>`` overrides a key."""
 
     epochs: PositiveInt = 10
+    """epochs of the whole run, warm-up included (early stopping may end it sooner)"""
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    """epochs with the backbone frozen (useful with pretrained weights)"""
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
+    """after warm-up: all, or the number of top backbone layers to train"""
     finetune_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """lr multiplier after warm-up"""
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    """adam | adamw | sgd | rmsprop"""
     lr: PositiveFloat = 1e-3
+    """peak learning rate (after warm-up: times train.finetune_factor)"""
     lr_schedule: Literal["constant", "triangular", "cosine"] = "constant"
-    lr_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.0  # share of a phase's steps spent rising to train.lr
+    """constant | triangular | cosine (per phase, step by step, down to 0 at its end)"""
+    lr_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """triangular/cosine: share of the phase's steps rising from lr/10 to lr"""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    momentum: NonNegativeFraction = 0.9  # sgd: Nesterov momentum
-    bn_bias_lr_scale: Annotated[float, Field(ge=1, le=1000)] = 1.0  # sgd: lr multiplier of BatchNorm shifts
-    lookahead: bool = False  # weight averaging every 5 steps over the last 70 % of each phase (airbench's)
+    """decoupled weight decay, as written, for every optimizer (adamw included)"""
+    momentum: NonNegativeFraction = 0.9
+    """sgd: Nesterov momentum"""
+    bn_bias_lr_scale: Annotated[float, Field(ge=1, le=1000)] = 1.0
+    """sgd: BatchNorm shifts step this many times the lr (airbench: 64)"""
+    lookahead: bool = False
+    """airbench's weight averaging over the last 70 % of each phase"""
     dropout: NonNegativeFraction = 0.2
+    """before the embedding projection"""
     batch_size: Annotated[int, Field(ge=2)] = 64
+    """images per training step (global, over every device)"""
     label_smoothing: NonNegativeFraction = 0.1
+    """softmax loss label smoothing"""
     patience: PositiveInt = 5
-    max_per_class: Annotated[int, Field(ge=1)] | None = None  # training images per class; evaluation stays whole
+    """early stopping on val loss; the best epoch's weights are kept"""
+    max_per_class: Annotated[int, Field(ge=1)] | None = None
+    """training budget: images per class drawn (seeded) from the train split; null = all"""
     bn_recalibration_batches: Annotated[int, Field(ge=0, le=1000)] = 2
+    """training batches whose BatchNorm statistics are averaged before validation (0 = off)"""
     checkpoint_interval: Annotated[float, Field(ge=0)] = 60.0
+    """seconds between resume checkpoints (0 = after every epoch); see docs/training.md, Resume"""
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
+    """softmax | triplet | softmax+triplet"""
     triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
+    """batch_hard | semi_hard"""
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
+    """on cosine distance"""
     triplet_weight: PositiveFloat = 1.0
+    """weight of the triplet term in softmax+triplet"""
     strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
+    """auto | mirrored | multiworker"""
     mixed_precision: AutoOnOff = "auto"
+    """auto (on with a GPU only: slower on the CPUs measured) | on (bf16 on CPU) | off"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """every random draw of a run: initial weights, epoch order, augmentation, dropout"""
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -136,127 +192,165 @@ class TrainParams(_Section):
             raise ValueError(f"warmup_epochs: must be < train.epochs ({self.epochs})")
         if self.lr_warmup and self.lr_schedule == "constant":
             raise ValueError("lr_warmup: needs train.lr_schedule triangular or cosine (the constant schedule has none)")
-        for key, default in (("momentum", 0.9), ("bn_bias_lr_scale", 1.0)):
-            if getattr(self, key) != default and self.optimizer != "sgd":
+        for key in ("momentum", "bn_bias_lr_scale"):
+            if getattr(self, key) != TrainParams.model_fields[key].default and self.optimizer != "sgd":
                 raise ValueError(f"{key}: only train.optimizer sgd uses it (got optimizer {self.optimizer!r})")
         return self
 
 
-class BackboneOverrides(_Section):
-    """Per-backbone values that replace ``model.*`` / ``train.*`` for that backbone only."""
+def _overrides_of(*sections: type[_Section]) -> type[_Section]:
+    """The ``backbones.<name>`` model: every key of ``sections``, optional, with the same type and limits (so a
+    new ``model.*`` or ``train.*`` key can be overridden per backbone with no second declaration)."""
+    fields: dict[str, Any] = {}
+    for section in sections:
+        for name, info in section.model_fields.items():
+            annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            fields[name] = (annotation | None, Field(None, description=info.description))
+    model = create_model("BackboneOverrides", __base__=_Section, **fields)
+    model.__doc__ = "Per-backbone values that replace ``model.*`` / ``train.*`` for that backbone only."
+    return model
 
-    weights: str | None = None
-    embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = None
-    input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
-    logit_scale: Annotated[float, Field(gt=0, le=100)] | None = None
-    whiten_stem: bool | None = None
-    identity_init: bool | None = None
-    bn_scale: bool | None = None
-    freeze_stem: bool | None = None
-    epochs: PositiveInt | None = None
-    warmup_epochs: Annotated[int, Field(ge=0)] | None = None
-    unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] | None = None
-    finetune_factor: Annotated[float, Field(gt=0, le=1)] | None = None
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] | None = None
-    lr: PositiveFloat | None = None
-    lr_schedule: Literal["constant", "triangular", "cosine"] | None = None
-    lr_warmup: Annotated[float, Field(ge=0, lt=1)] | None = None
-    weight_decay: Annotated[float, Field(ge=0)] | None = None
-    momentum: NonNegativeFraction | None = None
-    bn_bias_lr_scale: Annotated[float, Field(ge=1, le=1000)] | None = None
-    lookahead: bool | None = None
-    label_smoothing: NonNegativeFraction | None = None
-    dropout: NonNegativeFraction | None = None
-    batch_size: Annotated[int, Field(ge=2)] | None = None
-    max_per_class: Annotated[int, Field(ge=1)] | None = None
-    mixed_precision: AutoOnOff | None = None
+
+BackboneOverrides = _overrides_of(ModelParams, TrainParams)
 
 
 class EmbedParams(_Section):
     """``embed:``: how the embed stage (and every query) runs the trained models."""
 
-    flip_average: bool = False  # embed an image and its mirror, average, normalise (queries in `search` too)
+    flip_average: bool = False
+    """average each image's and its mirror's embedding (also for search queries); off for digits"""
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
+    """images per forward pass when embedding (memory, not results)"""
 
 
 class FaissParams(_Section):
     """The approximate index used when ``evaluate.index`` is ``faiss``."""
 
     type: Literal["flat", "hnsw", "ivf"] = "hnsw"
+    """flat (exact) | hnsw | ivf"""
     hnsw_m: Annotated[int, Field(ge=4, le=256)] = 32
+    """hnsw: graph degree"""
     ef_construction: Annotated[int, Field(ge=8)] = 200
+    """hnsw: build-time beam width"""
     ef_search: Annotated[int, Field(ge=8)] = 128
+    """hnsw: query-time beam width (raised to k when smaller)"""
     nlist: Annotated[int, Field(ge=1)] = 256
+    """ivf: number of lists (capped at gallery size / 39)"""
     nprobe: Annotated[int, Field(ge=1)] = 16
+    """ivf: lists searched per query"""
 
 
 class EvaluateParams(_Section):
     """``evaluate:``: the retrieval evaluation (test queries against ``gallery``)."""
 
     k: Annotated[int, Field(ge=1, le=1000)] = 5
+    """mAP@k, precision@k, hit rate@k, kNN vote"""
     k_max: Annotated[int, Field(ge=1, le=1000)] = 20
+    """the mAP@k curve runs k = 1 … k_max"""
     metric: Literal["cosine", "euclidean"] = "cosine"
+    """cosine | euclidean"""
     gallery: Literal["train", "train+val"] = "train"
+    """train | train+val; queries are always the test split"""
     examples: Annotated[int, Field(ge=1, le=64)] = 8
+    """queries drawn in plots/retrieval/examples/<model>_examples.png"""
     index: Literal["exact", "faiss"] = "exact"
+    """exact (chunked matrix products) | faiss (large galleries; see evaluate.faiss)"""
     faiss: FaissParams = FaissParams()
+    """the approximate index used when evaluate.index is faiss"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """picks the example queries drawn in plots/retrieval/examples"""
 
 
 class StackParams(_Section):
     """``stack:``: the stacking ensemble of the backbones' embeddings."""
 
     method: StackMethod = "select"
-    models: list[BackboneName] | None = None  # None: every backbone in ``backbones``
+    """select | concat | pca | weighted | mlp (select: never worse than its best member on val)"""
+    models: list[BackboneName] | None = None
+    """backbones to combine, null = all of `backbones`"""
     dim: Annotated[int, Field(ge=2, le=4096)] = 32
+    """pca components / mlp output size"""
     whiten_shrinkage: Annotated[float, Field(ge=0)] = 1.0
-    select_k: Annotated[int, Field(ge=1, le=1000)] = 5  # select: the validation mAP@k it maximises
+    """pca: variance added to each component before whitening, as a multiple of the mean"""
+    select_k: Annotated[int, Field(ge=1, le=1000)] = 5
+    """select: the validation mAP@k it maximises"""
     hidden: Annotated[int, Field(ge=2, le=8192)] = 256
+    """mlp: hidden units"""
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax+triplet"
+    """weighted, mlp: softmax | triplet | softmax+triplet"""
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
+    """weighted, mlp: triplet margin on cosine distance"""
+    triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
+    """weighted, mlp: which triplets of a batch the triplet loss uses"""
+    logit_scale: Annotated[float, Field(gt=0, le=100)] = 16.0
+    """weighted, mlp: the unit embedding × this before the softmax head (its own, not model.logit_scale: the stack
+    trains a new head on validation embeddings, and reading model.* would rerun it on every backbone change)"""
     epochs: PositiveInt = 60
+    """weighted, mlp"""
     lr: PositiveFloat = 1e-3
+    """weighted, mlp: Adam learning rate"""
     batch_size: Annotated[int, Field(ge=2)] = 128
+    """weighted, mlp: validation embeddings per step"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """weighted, mlp: initial weights and batch order; the stack's linear probe"""
 
 
 class TsneParams(_Section):
     """``cluster.tsne:``: the t-SNE map."""
 
     perplexity: Annotated[float, Field(ge=2, le=100)] = 30.0
-    sample: Annotated[int, Field(ge=10)] = 1000  # points, drawn evenly per class
+    """t-SNE perplexity"""
+    sample: Annotated[int, Field(ge=10)] = 1000
+    """points drawn evenly per class (all when fewer)"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """t-SNE initialisation and the sample drawn"""
 
 
 class ClusterParams(_Section):
     """``cluster:``: K-Means and the 2-D maps of the test split."""
 
-    k: Annotated[int, Field(ge=2)] | None = None  # None: the number of classes
+    k: Annotated[int, Field(ge=2)] | None = None
+    """clusters, null = number of classes"""
     n_init: PositiveInt = 10
+    """K-Means restarts (best inertia kept)"""
     method: Literal["tsne", "pca", "tsne+pca"] = "tsne"
+    """tsne | pca | tsne+pca: which 2-D maps to draw"""
     tsne: TsneParams = TsneParams()
+    """the t-SNE map"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """K-Means initialisation"""
 
 
 class ProjectorParams(_Section):
     """``projector:``: the TensorBoard Projector export."""
 
-    max_points: Annotated[int, Field(ge=1, le=100_000)] = 2000  # TensorBoard's sprites struggle beyond ~10k
-    thumbnail: Annotated[int, Field(ge=8, le=128)] = 32  # sprite cell side in pixels
+    max_points: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    """points per model, drawn evenly per class; sprites struggle past ~10k"""
+    thumbnail: Annotated[int, Field(ge=8, le=128)] = 32
+    """sprite cell side in pixels"""
     seed: Annotated[int, Field(ge=0)] = 42
+    """the points drawn per class"""
 
 
 class ServeParams(_Section):
     """``embedlab serve`` (no pipeline stage reads these, so changing them reruns nothing)."""
 
-    gallery: Literal["all", "train", "train+val"] = "all"  # the splits a query ranks (all: as ``embedlab search``)
-    k: Annotated[int, Field(ge=1, le=1000)] = 8  # results per model when a request does not say
+    gallery: Literal["all", "train", "train+val"] = "all"
+    """all | train | train+val: the images a query ranks (all, as `embedlab search`)"""
+    k: Annotated[int, Field(ge=1, le=1000)] = 8
+    """results per model when a request does not say"""
     max_k: Annotated[int, Field(ge=1, le=1000)] = 100
+    """largest k a request may ask for"""
     max_upload_mb: Annotated[float, Field(gt=0, le=1024)] = 10.0
-    max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # decoded size: refuses decompression bombs
-    max_pending: Annotated[int, Field(ge=1)] = 256  # queries inside the server at once; more get 429
-    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64  # uploads embedded together when they arrive together
-    thumbnail: Annotated[int, Field(ge=16, le=512)] = 96  # side of /api/thumbnails images, pixels
+    """larger uploads get 413"""
+    max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
+    """decoded width × height; larger get 413 (decompression bombs)"""
+    max_pending: Annotated[int, Field(ge=1)] = 256
+    """queries inside the server at once; more get 429 with Retry-After"""
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
+    """uploads that arrive together are embedded as one batch"""
+    thumbnail: Annotated[int, Field(ge=16, le=512)] = 96
+    """side of the result thumbnails, pixels"""
 
     @model_validator(mode="after")
     def _check(self) -> ServeParams:

@@ -1,4 +1,4 @@
-"""Backbone registry and the embedding model contract.
+"""The embedding model contract, built around any backbone of the registry (:mod:`embedlab.core.backbones`).
 
 The saved embedding model takes **raw uint8 RGB** at ``data.image_size`` and returns an L2-normalised float32
 embedding; the cast, the resize to the backbone's input size, the backbone's own ``preprocess_input``, the
@@ -13,85 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 from keras import ops
 
+from embedlab.core.backbones import BACKBONES
 from embedlab.core.errors import UserError
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A Keras application (or this module's small-image network) and how to feed it."""
-
-    build: str  # attribute of keras.applications, or "SmallNet" (built here: see build_smallnet)
-    preprocess: str  # "caffe" (BGR, ImageNet mean), "tf" ([-1, 1]) or "torch" ([0, 1], ImageNet mean/std)
-    min_size: int  # smallest input the architecture accepts
-    weights_file: str  # the no-top ImageNet file Keras downloads into ~/.keras/models/
-
-
-BACKBONES: dict[str, Backbone] = {
-    "densenet121": Backbone("DenseNet121", "torch", 32, "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50": Backbone("ResNet50", "caffe", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "vgg16": Backbone("VGG16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "xception": Backbone("Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "mobilenetv2": Backbone(
-        "MobileNetV2", "tf", 32, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5"
-    ),
-    "smallnet": Backbone("SmallNet", "tf", 16, ""),  # no ImageNet weights: built for training from scratch
-}
-
-SMALLNET_WIDTHS = (64, 256, 256)
-
-
-def build_smallnet(
-    side: int, *, widths: tuple[int, ...] = SMALLNET_WIDTHS, seed: int = 0, bn_scale: bool = True
-) -> keras.Model:
-    """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
-    a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool ->
-    BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.
-
-    Why: ImageNet backbones spend most of their depth below 8x8 pixels on a 32 px input; this one keeps its
-    compute at 16x16 and 8x8, where small images carry their information. Three 2x downsamplings suit 32-64 px
-    inputs; each block halves the side, so the input must be at least 2 ** len(widths) + 1 pixels.
-    ``bn_scale=False`` (``model.bn_scale``) drops BatchNorm's learned scale, as airbench does: each normalised
-    output keeps unit variance and only its shift learns.
-    """
-    inputs = keras.Input((side, side, 3), name="pixels")
-
-    def conv(width: int, kernel: int, name: str, padding: str = "same", bias: bool = False):
-        # Seeded He init: the same params give the same first weights in every process.
-        init = keras.initializers.HeNormal(seed=seed + len(names))
-        names.append(name)
-        return keras.layers.Conv2D(width, kernel, padding=padding, use_bias=bias, kernel_initializer=init, name=name)
-
-    names: list[str] = []
-    x = conv(24, 2, "stem_conv", padding="valid", bias=True)(inputs)
-    x = keras.layers.Activation("gelu", name="stem_gelu")(x)
-    for b, width in enumerate(widths, start=1):
-        x = conv(width, 3, f"block{b}_conv1")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5, scale=bn_scale, name=f"block{b}_bn1")(x)
-        x = keras.layers.Activation("gelu", name=f"block{b}_gelu1")(x)
-        x = conv(width, 3, f"block{b}_conv2")(x)
-        x = keras.layers.BatchNormalization(epsilon=1e-5, scale=bn_scale, name=f"block{b}_bn2")(x)
-        x = keras.layers.Activation("gelu", name=f"block{b}_gelu2")(x)
-    x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    return keras.Model(inputs, x, name="smallnet")
-
-
-def identity_init(backbone: keras.Model) -> None:
-    """airbench's partial Dirac initialisation (``model.identity_init``): in every 3x3 block convolution of
-    smallnet the first ``min(in, out)`` filters start as the identity, passing their input channel through; the
-    others keep their He init. The deep network then starts as a near copy of its stem's features, so the first
-    steps train every layer instead of pushing noise through random ones."""
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith("block"):
-            kernel = np.array(layer.kernel)
-            centre, count = kernel.shape[0] // 2, min(kernel.shape[2], kernel.shape[3])
-            kernel[:, :, :, :count] = 0.0
-            kernel[centre, centre, np.arange(count), np.arange(count)] = 1.0
-            layer.kernel.assign(kernel)
-
+from embedlab.models.devices import init_seed
+from embedlab.models.smallnet import build_smallnet
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,13 +84,13 @@ def keras_weights_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def _build_backbone(name: str, weights: str | None, side: int, bn_scale: bool) -> keras.Model:
+def _build_backbone(name: str, weights: str | None, side: int, *, bn_scale: bool, seed: int) -> keras.Model:
     """Instantiate the Keras application; an offline ImageNet download fails with the file and folder to fix it."""
     spec = BACKBONES[name]
+    if weights == "imagenet" and not spec.imagenet_weights:
+        raise UserError(f"model.weights=imagenet: {name} has no ImageNet weights; use null or a .weights.h5 path")
     if spec.build == "SmallNet":
-        if weights == "imagenet":
-            raise UserError(f"model.weights=imagenet: {name} has no ImageNet weights; use null or a .weights.h5 path")
-        return build_smallnet(side, bn_scale=bn_scale)
+        return build_smallnet(side, seed=seed, bn_scale=bn_scale)
     application = getattr(keras.applications, spec.build)
     keras_weights = "imagenet" if weights == "imagenet" else None
     try:
@@ -179,12 +106,12 @@ def _build_backbone(name: str, weights: str | None, side: int, bn_scale: bool) -
         ) from err
 
 
-def _he_init(backbone: keras.Model) -> None:
+def _he_init(backbone: keras.Model, seed: int) -> None:
     """Re-draw conv kernels He-normal. Keras applications default to Glorot-uniform, under which a deep plain ReLU
     stack without normalisation (VGG16) starts with vanishing activations and stays at chance for many epochs."""
     convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
     for i, layer in enumerate(convs):
-        layer.kernel.assign(keras.initializers.HeNormal(seed=i)(layer.kernel.shape))
+        layer.kernel.assign(keras.initializers.HeNormal(seed=init_seed(seed, i))(layer.kernel.shape))
 
 
 def _mobilenet_size(input_size: int) -> int:
@@ -206,6 +133,7 @@ def build_models(
     image_size: int,
     num_classes: int,
     *,
+    seed: int,
     embedding_dim: int = 128,
     dropout: float = 0.2,
     weights: str | None = None,
@@ -215,7 +143,10 @@ def build_models(
     logit_scale: float = 1.0,
     bn_scale: bool = True,
 ) -> Models:
-    """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head."""
+    """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head.
+
+    ``seed`` (``train.seed``) decides every initial weight: the backbone's own seeded initialisers, and through
+    Keras' global seed (set from the same seed by ``configure_determinism``) every unseeded one."""
     if name not in BACKBONES:
         raise UserError(f"model backbone {name!r} unknown; choose from {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
@@ -225,10 +156,10 @@ def build_models(
     if side != image_size:
         x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
-    backbone = _build_backbone(name, weights, side, bn_scale)
+    backbone = _build_backbone(name, weights, side, bn_scale=bn_scale, seed=seed)
     backbone.name = f"{name}_backbone"
     if weights is None and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers):
-        _he_init(backbone)
+        _he_init(backbone, seed)
     if bn_momentum is not None:
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

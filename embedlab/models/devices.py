@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+import numpy as np
+
 from embedlab.core.errors import UserError
 
 
@@ -16,6 +18,12 @@ def configure_determinism(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def init_seed(seed: int, layer: int) -> int:
+    """The initialiser seed of a backbone's ``layer``-th convolution under ``train.seed``: independent streams per
+    layer and per seed (``seed + layer`` would give seed 1's first layer seed 0's second layer's draw)."""
+    return int(np.random.SeedSequence([seed, layer]).generate_state(1)[0])
 
 
 def make_strategy(name: Literal["auto", "mirrored", "multiworker"]):

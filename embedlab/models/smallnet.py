@@ -1,28 +1,86 @@
-"""Patch-whitening initialisation of smallnet's stem (``model.whiten_stem``), after airbench (K. Jordan, 2024).
+"""smallnet: a network for small images trained from scratch, its recipe constants, and its initialisation options.
 
-The stem is a 2×2 convolution with 24 filters at full resolution. Initialised from the data instead of at random,
-its filters are the eigenvectors of the covariance of the training images' 2×2 patches (12 values each), scaled by
-1/√(eigenvalue + ε), in both signs: so its outputs start decorrelated and of equal variance, and the blocks above
-learn from the first step on inputs that are already whitened. Measured on CIFAR-10 (README "smallnet recipe
-ablation"), it is the one initialisation choice that bought accuracy at a fixed budget. ``apply_init_options``
-applies it with smallnet's other initialisation params.
+The build (:func:`build_smallnet`) follows the airbench family (K. Jordan, 2024). Its initialisation options
+(``model.whiten_stem``, ``identity_init``, ``freeze_stem``, ``bn_scale``) are applied by :func:`apply_init_options`;
+the params validation refuses them for backbones whose registry entry has no ``smallnet_options``.
+
+Patch whitening (``model.whiten_stem``): the stem is a 2×2 convolution at full resolution. Initialised from the
+data instead of at random, its filters are the eigenvectors of the covariance of the training images' 2×2 patches
+(12 values each), scaled by 1/√(eigenvalue + ε), in both signs: so its outputs start decorrelated and of equal
+variance, and the blocks above learn from the first step on inputs that are already whitened.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import keras
 import numpy as np
+
+from embedlab.models.devices import init_seed
 
 if TYPE_CHECKING:
     from embedlab.core.params import ModelParams
 
+# smallnet's recipe, in one block (airbench94's choices; docs/cifar10.md measures what each buys).
+WIDTHS = (64, 256, 256)  # one block per width; each block halves the side, so 3 blocks suit 32-64 px inputs
+STEM_KERNEL = 2  # the stem sees 2x2 patches at full resolution
+STEM_WIDTH = 2 * STEM_KERNEL**2 * 3  # 24: room for each of the 12 patch eigenvectors of an RGB patch, in both signs
+BN_EPSILON = 1e-5  # PyTorch's default, which airbench's recipe was tuned with (Keras' default is 1e-3)
 # Added to every eigenvalue before the inverse square root: the smallest eigenvalues of natural-image patches are
 # near 0, and without it their filters would blow noise up without bound (airbench's value, in [-1, 1] pixel units).
 WHITENING_EPS = 5e-4
 # Patches are drawn from this many training images: ~4.6 million 2×2 patches at 32 px, plenty for a 12×12
 # covariance, and a second of work.
 WHITENING_IMAGES = 5000
+
+
+def build_smallnet(side: int, *, seed: int, widths: tuple[int, ...] = WIDTHS, bn_scale: bool = True) -> keras.Model:
+    """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
+    a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool
+    -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.
+
+    Why: ImageNet backbones spend most of their depth below 8x8 pixels on a 32 px input; this one keeps its
+    compute at 16x16 and 8x8, where small images carry their information. Three 2x downsamplings suit 32-64 px
+    inputs; each block halves the side, so the input must be at least 2 ** len(widths) + 1 pixels.
+    ``bn_scale=False`` (``model.bn_scale``) drops BatchNorm's learned scale, as airbench does: each normalised
+    output keeps unit variance and only its shift learns.
+    """
+    inputs = keras.Input((side, side, 3), name="pixels")
+
+    def conv(width: int, kernel: int, name: str, padding: str = "same", bias: bool = False):
+        # Seeded He init: the same train.seed gives the same first weights in every process, another seed others.
+        init = keras.initializers.HeNormal(seed=init_seed(seed, len(names)))
+        names.append(name)
+        return keras.layers.Conv2D(width, kernel, padding=padding, use_bias=bias, kernel_initializer=init, name=name)
+
+    names: list[str] = []
+    x = conv(STEM_WIDTH, STEM_KERNEL, "stem_conv", padding="valid", bias=True)(inputs)
+    x = keras.layers.Activation("gelu", name="stem_gelu")(x)
+    for b, width in enumerate(widths, start=1):
+        x = conv(width, 3, f"block{b}_conv1")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
+        x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, scale=bn_scale, name=f"block{b}_bn1")(x)
+        x = keras.layers.Activation("gelu", name=f"block{b}_gelu1")(x)
+        x = conv(width, 3, f"block{b}_conv2")(x)
+        x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, scale=bn_scale, name=f"block{b}_bn2")(x)
+        x = keras.layers.Activation("gelu", name=f"block{b}_gelu2")(x)
+    x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name="smallnet")
+
+
+def identity_init(backbone: keras.Model) -> None:
+    """airbench's partial Dirac initialisation (``model.identity_init``): in every 3x3 block convolution of
+    smallnet the first ``min(in, out)`` filters start as the identity, passing their input channel through; the
+    others keep their He init. The deep network then starts as a near copy of its stem's features, so the first
+    steps train every layer instead of pushing noise through random ones."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.name.startswith("block"):
+            kernel = np.array(layer.kernel)
+            centre, count = kernel.shape[0] // 2, min(kernel.shape[2], kernel.shape[3])
+            kernel[:, :, :, :count] = 0.0
+            kernel[centre, centre, np.arange(count), np.arange(count)] = 1.0
+            layer.kernel.assign(kernel)
 
 
 def patch_whitening_kernel(pixels: np.ndarray, kernel: int = 2, eps: float = WHITENING_EPS) -> np.ndarray:
@@ -60,8 +118,6 @@ def apply_init_options(models, model_params: ModelParams, train_images: np.ndarr
     """smallnet's initialisation params on freshly built models: the patch-whitening stem (``model.whiten_stem``),
     identity-initialised blocks (``model.identity_init``) and a stem kernel that does not train
     (``model.freeze_stem``). Params validation has already refused them for any other backbone."""
-    from embedlab.models.backbones import identity_init
-
     if model_params.whiten_stem:
         whiten_stem(models.embedding, models.backbone, train_images, seed=seed)
     if model_params.identity_init:

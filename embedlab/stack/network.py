@@ -11,9 +11,9 @@ import numpy as np
 from embedlab.core.params import StackParams
 from embedlab.stack.stacker import Stacker
 
-# The classifier reads the unit embedding times this scale (a normalised-softmax head, as in NormFace): a unit
-# vector caps the logits at |W|, and without a scale the softmax cannot saturate and its gradient stays weak.
-NORMALISED_SOFTMAX_SCALE = 16.0
+# A small network on a few thousand validation embeddings: Adam's per-weight steps train it at stack.lr with no
+# schedule to tune (Keras' optimizer name).
+OPTIMIZER = "adam"
 
 
 def fit_network(
@@ -45,14 +45,15 @@ def fit_network(
         embedding = layers.UnitNormalization(name="embedding")(layers.Dense(params.dim, name="projection")(hidden))
     outputs, losses = {}, {}
     if params.loss in ("softmax", "softmax+triplet"):
-        scaled = layers.Lambda(lambda e: e * NORMALISED_SOFTMAX_SCALE, name="scale")(embedding)
+        scaled = layers.Rescaling(params.logit_scale, name="scale")(embedding)
         outputs["logits"] = layers.Dense(num_classes, use_bias=False, name="logits")(scaled)
         losses["logits"] = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if params.loss in ("triplet", "softmax+triplet"):
         outputs["embedding"] = layers.Identity(name="triplet")(embedding)
-        losses["embedding"] = TripletLoss("batch_hard", params.triplet_margin)
+        losses["embedding"] = TripletLoss(params.triplet_mining, params.triplet_margin)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(params.lr), loss=losses)
+    optimizer = keras.optimizers.get({"class_name": OPTIMIZER, "config": {"learning_rate": params.lr}})
+    model.compile(optimizer=optimizer, loss=losses)
     targets = {name: labels for name in outputs}
     history = model.fit(x, targets, batch_size=params.batch_size, epochs=params.epochs, shuffle=True, verbose=0)
     metrics = {"final_loss": round(float(history.history["loss"][-1]), 6)}

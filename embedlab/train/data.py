@@ -9,9 +9,15 @@ import numpy as np
 
 from embedlab.core.errors import UserError
 from embedlab.core.params import TrainParams
+from embedlab.train.optimization import ACCURACY
 
 # Scoring batches hold up to this many images (or one training batch, when that is larger).
 EVAL_BATCH_IMAGES = 512
+# Scoring batches hold this many training batches: no gradients, so memory allows more images per forward pass,
+# and fewer, larger passes are faster on a CPU.
+EVAL_BATCH_FACTOR = 4
+# alternate_flip: the share of images shown mirrored in even epochs (airbench's fair coin: each side half the time).
+FLIP_SHARE = 0.5
 
 
 @dataclass
@@ -76,7 +82,7 @@ class TrainingData:
             images, targets = tf.constant(self.arrays["train"][0]), self._targets(self.arrays["train"][1])
             rows = tf.Variable(np.zeros(len(order), "int64"), trainable=False)
             parity = tf.Variable(False, trainable=False)
-            coins = tf.constant(np.random.default_rng(self.train.seed).random(self.train_size) < 0.5)
+            coins = tf.constant(np.random.default_rng(self.train.seed).random(self.train_size) < FLIP_SHARE)
             size, batch, alternate = len(order), self.train.batch_size, flip_parity is not None
 
             def gather(start):
@@ -104,7 +110,7 @@ class TrainingData:
         """The classifier head's accuracy on a split (NaN for an empty one)."""
         if not len(self.arrays[split][1]):
             return float("nan")
-        return trainer.evaluate(self.dataset(split), verbose=0, return_dict=True)["logits_accuracy"]
+        return trainer.evaluate(self.dataset(split), verbose=0, return_dict=True)[ACCURACY]
 
     def flip_averaged_accuracy(self, trainer, split: str) -> float:
         """The classifier head's accuracy with each image's logits averaged with its mirror image's (test-time flip
@@ -120,11 +126,11 @@ class TrainingData:
         return {"logits": np.eye(self.num_classes, dtype="float32")[labels], "embedding": labels.astype("int32")}
 
     def _make(self, images: np.ndarray, labels: np.ndarray):
-        """Unaugmented batches of ``images``, in order, for scoring: up to 4 training batches at once (fewer, faster
-        forward passes), capped at ``EVAL_BATCH_IMAGES``."""
+        """Unaugmented batches of ``images``, in order, for scoring: ``EVAL_BATCH_FACTOR`` training batches at once,
+        capped at ``EVAL_BATCH_IMAGES``."""
         import tensorflow as tf
 
-        batch = max(self.train.batch_size, min(4 * self.train.batch_size, EVAL_BATCH_IMAGES))
+        batch = max(self.train.batch_size, min(EVAL_BATCH_FACTOR * self.train.batch_size, EVAL_BATCH_IMAGES))
         return self._finish(tf.data.Dataset.from_tensor_slices((images, self._targets(labels))).batch(batch))
 
     @staticmethod

@@ -30,6 +30,11 @@ def phases(train: TrainParams) -> list[Phase]:
     return found
 
 
+# The warm-up rises from this share of the peak lr, not from 0: a first step at lr 0 would be a wasted step, and
+# airbench's schedule starts at a tenth.
+WARMUP_START = 0.1
+
+
 def lr_at(step, peak: float, total_steps: int, schedule: str, warmup: float):
     """The learning rate after ``step`` of a phase's ``total_steps``: the schedules' one definition, for a Python
     number or the optimizer's step counter (a tensor).
@@ -46,7 +51,7 @@ def lr_at(step, peak: float, total_steps: int, schedule: str, warmup: float):
         raise ValueError(f"unknown train.lr_schedule {schedule!r}")
     step = ops.cast(step, "float32")
     rise = warmup * total_steps
-    warm = peak * (0.1 + 0.9 * step / max(rise, 1e-9))
+    warm = peak * (WARMUP_START + (1 - WARMUP_START) * step / max(rise, 1e-9))
     left = ops.maximum(0.0, 1.0 - (step - rise) / max(total_steps - rise, 1.0))
     fall = peak * left if schedule == "triangular" else peak * 0.5 * (1.0 - ops.cos(math.pi * left))
     return ops.where(step < rise, warm, fall)
@@ -182,6 +187,10 @@ def lookahead_callback(variables, total_steps: int):
     return Lookahead()
 
 
+# What Keras calls the classifier head's accuracy in fit's history and evaluate's results: "<output>_<metric name>".
+ACCURACY = "logits_accuracy"
+
+
 def compile_trainer(trainer, train: TrainParams, optimizer) -> None:
     """The losses ``train.loss`` names: softmax cross-entropy on the classifier head, and/or a triplet loss on the
     embedding; accuracy of the head as the metric."""
@@ -198,6 +207,6 @@ def compile_trainer(trainer, train: TrainParams, optimizer) -> None:
         optimizer=optimizer,
         loss=losses,
         loss_weights=weights,
-        metrics={"logits": [keras.metrics.CategoricalAccuracy(name="accuracy")]},
+        metrics={"logits": [keras.metrics.CategoricalAccuracy(name=ACCURACY.removeprefix("logits_"))]},
         jit_compile=False,
     )
