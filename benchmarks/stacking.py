@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/stacking.json")
     args = parser.parse_args()
 
+    from embedlab.core.layout import Layout
     from embedlab.core.params import load_params
     from embedlab.core.runtime import cpu_description
     from embedlab.embed.embeddings import load_sets
@@ -32,7 +33,7 @@ def main() -> None:
     run = Path(args.run)
     params = load_params(run / "params.yaml")
     evaluate = params.evaluate.model_copy(update={"index": "exact"})  # never an approximate index here
-    sets = load_sets(params.stacked_backbones, None, root=run)
+    sets = load_sets(params.stacked_backbones, None, Layout(run))
     rows = []
     for name, emb in sets.items():
         metrics, _ = evaluate_model(emb, evaluate)

@@ -3,6 +3,7 @@
 from embedlab.cluster.clustering import cluster_model, draw_model_map, scatter_rows
 from embedlab.core.errors import run_main
 from embedlab.core.files import save_figure, write_json
+from embedlab.core.layout import Layout
 from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
 from embedlab.embed.embeddings import load_sets
@@ -13,16 +14,17 @@ HEADLINE = ("nmi",)
 
 def main() -> None:
     params = load_params()
-    for name, emb in load_sets(params.model_names, Prepared.open("data/prepared")).items():
+    paths = Layout()
+    for name, emb in load_sets(params.model_names, Prepared.open(paths.prepared), paths).items():
         result = cluster_model(emb, params.cluster)
-        write_json(f"metrics/cluster/{name}.json", {key: result.metrics[key] for key in HEADLINE})
-        write_json(f"reports/cluster/{name}.json", result.metrics)
+        write_json(paths.metrics("cluster", name), {key: result.metrics[key] for key in HEADLINE})
+        write_json(paths.report("cluster", name), result.metrics)
         class_names = [str(c) for c in emb.class_names]
         for method in result.maps:
-            write_json(f"plots/cluster/{method}/{name}.json", scatter_rows(result, method, class_names))
+            write_json(paths.plot("cluster", method, f"{name}.json"), scatter_rows(result, method, class_names))
             title = f"{name}: {method} of the test split"
             figure = draw_model_map(result, method, class_names, title)
-            save_figure(figure, f"plots/cluster/{name}_{method}.png", dpi=80)
+            save_figure(figure, paths.plot("cluster", f"{name}_{method}.png"), dpi=80)
         m = result.metrics
         print(f"cluster: {name:<14} NMI {m['nmi']:.4f}  ARI {m['ari']:.4f}  purity {m['purity']:.4f}")
 

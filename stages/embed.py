@@ -3,6 +3,7 @@
 import sys
 
 from embedlab.core.errors import run_main
+from embedlab.core.layout import Layout
 from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
 from embedlab.embed.embeddings import EmbeddingSet, embed_images
@@ -12,16 +13,17 @@ from embedlab.models.io import load_embedding_model
 def main() -> None:
     name = sys.argv[1]
     params = load_params()  # validate before work
-    data = Prepared.open("data/prepared")
-    model = load_embedding_model(f"models/{name}.keras")
+    paths = Layout()
+    data = Prepared.open(paths.prepared)
+    model = load_embedding_model(paths.model(name))
     vectors = embed_images(
         model, data.images, batch_size=params.embed.batch_size, flip_average=params.embed.flip_average
     )
     index = data.index
     EmbeddingSet(vectors, index["id"].to_numpy(), data.labels, index["split"].to_numpy(), data.class_names).save(
-        f"data/embeddings/{name}.npz"
+        paths.embeddings(name)
     )
-    print(f"embed@{name}: {vectors.shape} -> data/embeddings/{name}.npz")
+    print(f"embed@{name}: {vectors.shape} -> {paths.embeddings(name)}")
 
 
 if __name__ == "__main__":

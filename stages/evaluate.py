@@ -5,9 +5,10 @@ reports/retrieval/<model>.json every metric with the query and gallery counts.""
 
 from embedlab.core.errors import run_main
 from embedlab.core.files import save_figure, write_json
+from embedlab.core.layout import STACK, Layout
 from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.embed.embeddings import STACK, load_sets
+from embedlab.embed.embeddings import load_sets
 from embedlab.retrieval.evaluation import (
     confusion_rows,
     draw_examples,
@@ -24,10 +25,11 @@ HEADLINE = ("map@r", "precision@1")
 
 def main() -> None:
     params = load_params()
-    prepared = Prepared.open("data/prepared")
+    paths = Layout()
+    prepared = Prepared.open(paths.prepared)
     curve_rows, class_rows, scores = [], [], {}
     k = params.evaluate.k
-    for name, emb in load_sets(params.model_names, prepared).items():
+    for name, emb in load_sets(params.model_names, prepared, paths).items():
         metrics, report = evaluate_model(emb, params.evaluate)
         scores[name] = metrics
         extra = (
@@ -36,19 +38,19 @@ def main() -> None:
             else {}
         )
         headline = {key: metrics[key] for key in (f"map@{k}", *HEADLINE)}
-        write_json(f"metrics/retrieval/{name}.json", {**headline, **extra})
-        write_json(f"reports/retrieval/{name}.json", {**metrics, **extra})
-        write_json(f"plots/retrieval/confusion/{name}.json", confusion_rows(emb, report))
+        write_json(paths.metrics("retrieval", name), {**headline, **extra})
+        write_json(paths.report("retrieval", name), {**metrics, **extra})
+        write_json(paths.plot("retrieval", "confusion", f"{name}.json"), confusion_rows(emb, report))
         save_figure(
             draw_examples(prepared, emb, report, params.evaluate, name),
-            f"plots/retrieval/examples/{name}_examples.png",
+            paths.plot("retrieval", "examples", f"{name}_examples.png"),
             dpi=90,
         )
         curve_rows += map_at_k_rows(name, report)
         class_rows += per_class_rows(name, report)
         print(f"evaluate: {name:<14} mAP@{k} {metrics[f'map@{k}']:.4f}  P@1 {metrics['precision@1']:.4f}")
-    write_json("plots/retrieval/map_at_k.json", curve_rows)
-    write_json("plots/retrieval/per_class_ap.json", class_rows)
+    write_json(paths.plot("retrieval", "map_at_k.json"), curve_rows)
+    write_json(paths.plot("retrieval", "per_class_ap.json"), class_rows)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import sys
 
 from embedlab.core.errors import run_main
 from embedlab.core.files import save_figure, write_json
+from embedlab.core.layout import Layout
 from embedlab.core.params import load_params
 from embedlab.models.io import save_embedding_model, save_weights
 from embedlab.train.curves import draw_curves
@@ -18,22 +19,23 @@ HEADLINE = ("test_accuracy", "test_flip_averaged_accuracy")
 def main() -> None:
     name = sys.argv[1]
     params = load_params()
+    paths = Layout()
     model_params, train_params = params.for_backbone(name)
     trainer = Trainer(
         name,
         model_params,
         train_params,
         params.augment,
-        prepared_dir="data/prepared",
-        work_dir=f"models/.work/{name}",  # resume checkpoints, removed once the outputs are written
-        live_dir=f"dvclive/{name}",
+        prepared_dir=paths.prepared,
+        work_dir=paths.checkpoints(name),  # resume checkpoints, removed once the outputs are written
+        live_dir=paths.live(name),
     )
     result = trainer.run()
-    save_embedding_model(result.embedding, f"models/{name}.keras")
-    save_weights(result.trainer, f"models/{name}.weights.h5")
-    write_json(f"metrics/train/{name}.json", {k: v for k, v in result.metrics.items() if k in HEADLINE})
-    write_json(f"reports/train/{name}.json", result.metrics)  # every figure: epochs, timings, CPU use
-    save_figure(draw_curves(result.history, name), f"plots/train/{name}_loss.png")
+    save_embedding_model(result.embedding, paths.model(name))
+    save_weights(result.trainer, paths.trainer_weights(name))
+    write_json(paths.metrics("train", name), {k: v for k, v in result.metrics.items() if k in HEADLINE})
+    write_json(paths.report("train", name), result.metrics)  # every figure: epochs, timings, CPU use
+    save_figure(draw_curves(result.history, name), paths.plot("train", f"{name}_loss.png"))
     trainer.discard_checkpoints()
     print(f"train@{name}: {result.metrics}")
 

@@ -29,6 +29,7 @@ from embedlab.cluster.clustering import (
 from embedlab.cluster.projector import projector_run
 from embedlab.core.errors import UserError
 from embedlab.core.files import write_tree
+from embedlab.core.layout import Layout
 from embedlab.core.params import ClusterParams, ProjectorParams, TsneParams
 from embedlab.data.sampling import sample_per_class
 from embedlab.embed.embeddings import EmbeddingSet, l2_normalize
@@ -189,7 +190,9 @@ def test_tensorboard_serves_the_projector_logdir(tmp_path: Path) -> None:
 def test_export_round_trip(fmt: str, tmp_path: Path) -> None:
     emb = _embedding_set(count_per_class=7)
     emb.save(tmp_path / "data" / "embeddings" / "m.npz")
-    out = export_embeddings("m", fmt, tmp_path / f"out.{fmt}", root=tmp_path, rows_per_block=4)  # several blocks
+    out = export_embeddings(
+        "m", fmt, tmp_path / f"out.{fmt}", layout=Layout(tmp_path), rows_per_block=4
+    )  # several blocks
     if fmt == "parquet":
         frame = pd.read_parquet(out)
     else:
@@ -202,11 +205,11 @@ def test_export_round_trip(fmt: str, tmp_path: Path) -> None:
 
 def test_export_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"dvc repro embed@nope"):
-        export_embeddings("nope", "csv", root=tmp_path)
+        export_embeddings("nope", "csv", layout=Layout(tmp_path))
     with pytest.raises(UserError, match="dvc repro stack"):
-        export_embeddings("stack", "csv", root=tmp_path)
+        export_embeddings("stack", "csv", layout=Layout(tmp_path))
     with pytest.raises(UserError, match="unknown format"):
-        export_embeddings("m", "xlsx", root=tmp_path)
+        export_embeddings("m", "xlsx", layout=Layout(tmp_path))
 
 
 def test_more_clusters_than_test_images_is_one_line_before_any_work() -> None:

@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 from embedlab.cluster.clustering import cluster_model
+from embedlab.core.layout import RAW_PIXELS
 from embedlab.core.params import load_params
 from embedlab.data.prepare import Prepared
-from embedlab.embed.embeddings import RAW_PIXELS, raw_pixel_set
+from embedlab.embed.embeddings import raw_pixel_set
 from embedlab.retrieval.evaluation import evaluate_model
 
 from .conftest import REPO, TINY_BACKBONES, copy_repo, dvc, missing_tool, run, set_params

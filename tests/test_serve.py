@@ -23,6 +23,7 @@ import requests
 import yaml
 from PIL import Image
 
+from embedlab.core.layout import Layout
 from embedlab.data.prepare import Prepared
 from embedlab.embed.embeddings import EmbeddingSet
 
@@ -275,7 +276,7 @@ def test_an_engine_fault_answers_its_batch_with_500_and_the_server_goes_on(
     500 and no other; the batching loop keeps serving."""
     from embedlab.serve.engine import Engine
 
-    engine = Engine(pipeline, ["mobilenetv2"])
+    engine = Engine(Layout(pipeline), ["mobilenetv2"])
     search, failed_batches = engine.search_uploads, []
 
     def faulty(queries: list) -> list:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from embedlab.core.errors import UserError
+from embedlab.core.layout import Layout
 from embedlab.core.params import StackParams
 from embedlab.embed.embeddings import EmbeddingSet, l2_normalize, load_sets
 from embedlab.stack.fit import fit_stacker, stack_embeddings, stack_metrics
@@ -98,13 +99,13 @@ def test_pca_whitening_is_capped_by_validation_size() -> None:
 def test_stack_metrics_and_missing_inputs(tmp_path: Path) -> None:
     for name, emb in _sets().items():
         emb.save(tmp_path / "data" / "embeddings" / f"{name}.npz")
-    sets = load_sets(["a", "b"], None, root=tmp_path)
+    sets = load_sets(["a", "b"], None, Layout(tmp_path))
     stacked, _, fit_report = stack_embeddings(sets, StackParams(method="pca", dim=4))
     metrics = stack_metrics(stacked, fit_report, seed=0)
     assert metrics["method"] == "pca" and metrics["dim"] == 4 and 0.5 < metrics["test_accuracy"] <= 1
     assert stacked.embeddings.shape == (140, 4)
     with pytest.raises(UserError, match=r"dvc repro embed@c"):
-        load_sets(["a", "c"], None, root=tmp_path)
+        load_sets(["a", "c"], None, Layout(tmp_path))
 
 
 def test_misaligned_backbones_are_refused() -> None:

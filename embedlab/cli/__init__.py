@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.core.errors import run_main
+from embedlab.core.layout import Layout
 
 
 def search_collage(results: list[dict], queries: np.ndarray, prepared):
@@ -40,7 +41,7 @@ def _search(args: argparse.Namespace) -> None:
     from embedlab.core.files import save_figure
     from embedlab.serve.query import search_files
 
-    results, queries, prepared = search_files(args.images, args.model, args.k, metric=args.metric)
+    results, queries, prepared = search_files(args.images, args.model, args.k, layout=Layout(), metric=args.metric)
     if args.out:
         save_figure(search_collage(results, queries, prepared), args.out)
     if args.json:
@@ -59,13 +60,13 @@ def _search(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     from embedlab.serve.app import serve
 
-    serve(Path("."), args.models, host=args.host, port=args.port, index=args.index)
+    serve(Layout(), args.models, host=args.host, port=args.port, index=args.index)
 
 
 def _export(args: argparse.Namespace) -> None:
     from embedlab.cli.export import export_embeddings
 
-    out = export_embeddings(args.model, args.format, args.out)
+    out = export_embeddings(args.model, args.format, args.out, layout=Layout())
     print(f"export: {args.model} -> {out}")
 
 
@@ -80,8 +81,8 @@ def _results(args: argparse.Namespace) -> None:
 
 def _experiments(args: argparse.Namespace) -> None:
     from embedlab.cli.experiments import experiment_table, format_table
+    from embedlab.core.layout import RAW_PIXELS
     from embedlab.core.params import load_params
-    from embedlab.embed.embeddings import RAW_PIXELS
 
     params = load_params()
     metric = args.metric or f"map@{params.evaluate.k}"

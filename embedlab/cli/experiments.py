@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from embedlab.core.errors import UserError
+from embedlab.core.layout import Layout
 
-RETRIEVAL = "metrics/retrieval/"
+RETRIEVAL = Layout().metrics("retrieval").as_posix() + "/"  # as DVC names the files: relative to the repo
 _BOOKKEEPING = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
 
 
@@ -37,7 +38,7 @@ def _metric_names(repo: Path) -> set[str]:
     import json
 
     names: set[str] = set()
-    for path in (repo / "metrics").rglob("*.json"):
+    for path in Layout(repo).metrics().rglob("*.json"):
         data = json.loads(path.read_text())
         names |= set(data) if isinstance(data, dict) else set()
     return names

@@ -13,7 +13,8 @@ import pandas as pd
 
 from embedlab.core.errors import UserError, require_output
 from embedlab.core.files import atomic_file
-from embedlab.embed.embeddings import EmbeddingSet, embedding_path, producing_stage
+from embedlab.core.layout import Layout
+from embedlab.embed.embeddings import EmbeddingSet, producing_stage
 
 FORMATS = ("csv", "tsv", "parquet")
 
@@ -36,12 +37,12 @@ def _frames(emb: EmbeddingSet, rows_per_block: int):
 
 
 def export_embeddings(
-    model: str, fmt: str, out: str | Path | None = None, *, root: str | Path = ".", rows_per_block: int = 10_000
+    model: str, fmt: str, out: str | Path | None = None, *, layout: Layout, rows_per_block: int = 10_000
 ) -> Path:
     """Write ``model``'s embeddings to ``out`` (default ``<model>.<fmt>``); return the path written."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    emb = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)), mmap=True)
+    emb = EmbeddingSet.load(require_output(layout.embeddings(model), producing_stage(model)), mmap=True)
     out = Path(out or f"{model}.{fmt}")
     if fmt == "parquet":
         try:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from embedlab.core.errors import UserError
 from embedlab.core.files import write_json
+from embedlab.core.layout import RAW_PIXELS, STACK, Layout
 
 COPIED = ("params.yaml", "dvc.lock", "metrics", "reports", "dvclive", "plots")
-RAW_PIXELS, STACK = "raw_pixels", "stack"
 
 
 def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_seconds: float | None) -> Path:
@@ -25,7 +25,7 @@ def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_
     from embedlab.core.runtime import cpu_description
 
     run, out = Path(run_dir), Path(out_dir)
-    if not (run / "metrics" / "retrieval").is_dir():
+    if not Layout(run).metrics("retrieval").is_dir():
         raise UserError(f"{run}/metrics/retrieval is missing: run `dvc repro` in {run} first")
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
@@ -70,8 +70,9 @@ def _read(path: Path) -> dict:
 def read_report(root: str | Path, kind: str, name: str) -> dict:
     """A model's full figures: ``reports/<kind>/<name>.json``, or ``metrics/`` in runs recorded before the headline
     metrics and the reports were split."""
-    full = Path(root) / "reports" / kind / f"{name}.json"
-    return _read(full if full.exists() else Path(root) / "metrics" / kind / f"{name}.json")
+    layout = Layout(Path(root))
+    full = layout.report(kind, name)
+    return _read(full if full.exists() else layout.metrics(kind, name))
 
 
 def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
@@ -79,7 +80,7 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     import yaml
 
     root = Path(results_dir)
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = yaml.safe_load(Layout(root).params.read_text())
     rows = []
     for name in [*params["backbones"], STACK, RAW_PIXELS]:
         retrieval = read_report(root, "retrieval", name)

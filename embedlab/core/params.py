@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from embedlab.core.backbones import BACKBONES, BackboneName
+from embedlab.core.layout import STACK
 from embedlab.core.schema import (  # the sections, re-exported: callers import every params type from here
     SMALLNET_OPTIONS,
     AugmentParams,
@@ -90,7 +91,7 @@ class Params(_Section):
     @property
     def model_names(self) -> list[str]:
         """Every model evaluate and cluster report: the backbones, then ``stack``."""
-        return [*self.backbones, "stack"]
+        return [*self.backbones, STACK]
 
     def for_backbone(self, name: str) -> tuple[ModelParams, TrainParams]:
         """``model`` and ``train`` with this backbone's overrides applied (and validated again)."""

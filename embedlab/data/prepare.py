@@ -134,9 +134,10 @@ class Prepared:
     index: pd.DataFrame
     class_names: list[str]
     image_size: int
+    fit: str  # how non-square images were made square (data.fit): queries are made square the same way
 
     @classmethod
-    def open(cls, root: str | Path = "data/prepared") -> Prepared:
+    def open(cls, root: str | Path) -> Prepared:
         """Open ``data/prepared`` (the images as a read-only memory map)."""
         root = Path(root)
         info = json.loads((root / "info.json").read_text())
@@ -144,7 +145,7 @@ class Prepared:
             root / "index.csv", dtype={"id": str, "split": str, "class_name": str}, keep_default_na=False
         )
         images = np.load(root / "images.npy", mmap_mode="r")
-        return cls(images, index, info["class_names"], info["image_size"])
+        return cls(images, index, info["class_names"], info["image_size"], info["fit"])
 
     def split(self, name: str) -> np.ndarray:
         """Row positions of one split, in file order."""

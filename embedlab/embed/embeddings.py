@@ -18,19 +18,10 @@ import numpy as np
 
 from embedlab.core.errors import require_output
 from embedlab.core.files import write_npz
+from embedlab.core.layout import RAW_PIXELS, STACK, Layout
 
 if TYPE_CHECKING:
     from embedlab.data.prepare import Prepared
-
-
-STACK = "stack"
-
-
-def embedding_path(model: str, root: str | Path = ".") -> Path:
-    """Where a model's embeddings live: ``data/embeddings/<backbone>.npz``, or ``data/stack/stack.npz``."""
-    if model == STACK:
-        return Path(root) / "data" / "stack" / "stack.npz"
-    return Path(root) / "data" / "embeddings" / f"{model}.npz"
 
 
 def producing_stage(model: str) -> str:
@@ -97,9 +88,6 @@ def _memmap_member(path: str | Path, member: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
-RAW_PIXELS = "raw_pixels"
-
-
 def raw_pixel_set(prepared: Prepared) -> EmbeddingSet:
     """The baseline model: each prepared image flattened and L2-normalised."""
     flat = np.asarray(prepared.images, dtype=np.float32).reshape(len(prepared.index), -1)
@@ -109,12 +97,12 @@ def raw_pixel_set(prepared: Prepared) -> EmbeddingSet:
     )
 
 
-def load_sets(models: list[str], prepared: Prepared | None, *, root: str | Path = ".") -> dict[str, EmbeddingSet]:
+def load_sets(models: list[str], prepared: Prepared | None, layout: Layout) -> dict[str, EmbeddingSet]:
     """Each model's embeddings (a clear error naming the stage to run when one is missing), then ``raw_pixels``
     when ``prepared`` is given."""
     sets = {}
     for model in models:
-        sets[model] = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)))
+        sets[model] = EmbeddingSet.load(require_output(layout.embeddings(model), producing_stage(model)))
     if prepared is not None:
         sets[RAW_PIXELS] = raw_pixel_set(prepared)
     return sets

@@ -13,7 +13,6 @@ import socket
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
@@ -24,7 +23,19 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from embedlab.core.errors import UserError
-from embedlab.serve.engine import Batcher, Engine, RequestError
+from embedlab.core.layout import Layout
+from embedlab.serve.engine import (
+    Batcher,
+    Engine,
+    InvalidQuery,
+    NotAnImage,
+    QueryError,
+    UnknownImage,
+    UploadTooLarge,
+)
+
+# What each refusal of the engine is in HTTP.
+STATUS = {InvalidQuery: 400, UnknownImage: 404, UploadTooLarge: 413, NotAnImage: 415}
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -47,9 +58,9 @@ def create_app(engine: Engine) -> FastAPI:
         static_url="/api/docs-static",
     )
 
-    @app.exception_handler(RequestError)
-    async def request_error(_request: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": err.detail}, status_code=err.status)
+    @app.exception_handler(QueryError)
+    async def refused(_request: Request, err: QueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=STATUS[type(err)])
 
     _add_admission(app, engine, state)
     _add_search_routes(app, engine, batcher)
@@ -152,18 +163,18 @@ def _add_file_routes(app: FastAPI, engine: Engine, batcher: Batcher, state: dict
         png = await run_in_threadpool(engine.thumbnail, image_id, engine.params.thumbnail)
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
-    page = resources.files("embedlab").joinpath("static/index.html").read_text()
+    page = resources.files("embedlab.serve").joinpath("static/index.html").read_text()
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page
 
 
-def serve(root: Path, models: list[str] | None, *, host: str, port: int, index: str | None) -> None:
+def serve(layout: Layout, models: list[str] | None, *, host: str, port: int, index: str | None) -> None:
     """Load everything, bind, print the URL, serve until interrupted."""
     import uvicorn
 
-    engine = Engine(root, models, index)
+    engine = Engine(layout, models, index)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

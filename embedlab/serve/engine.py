@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -19,27 +17,41 @@ import yaml
 
 from embedlab.core.errors import UserError, require_output
 from embedlab.core.files import md5sum
+from embedlab.core.layout import Layout
 from embedlab.core.params import Params, ServeParams, load_params
 from embedlab.data.images import ImageDecodeError, decode, fit_to_square
-from embedlab.embed.embeddings import STACK, embedding_path
+from embedlab.embed.embeddings import producing_stage
 from embedlab.serve.query import Gallery, Hit, QueryEmbedder
 
 
-class RequestError(Exception):
-    """A bad request: ``status`` and a one-line ``detail`` for the client."""
+class QueryError(Exception):
+    """A query the engine refuses, with a one-line reason for the client; the HTTP layer maps each kind to a
+    status code (embedlab.serve.app)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+
+class InvalidQuery(QueryError):
+    """An unknown model, a k out of range, an empty, unreadable or corrupt upload."""
+
+
+class UploadTooLarge(QueryError):
+    """The upload's bytes or its decoded pixels exceed ``serve.max_upload_mb`` or ``serve.max_image_pixels``."""
+
+
+class NotAnImage(QueryError):
+    """Pillow cannot identify the upload's format."""
+
+
+class UnknownImage(QueryError):
+    """No embedded image has the id asked for."""
 
 
 class Engine:
     """Everything a query needs, loaded once: the query embedder, one gallery per model, the prepared images."""
 
-    def __init__(self, root: Path, models: list[str] | None = None, index: str | None = None) -> None:
+    def __init__(self, layout: Layout, models: list[str] | None = None, index: str | None = None) -> None:
         from embedlab.data.prepare import Prepared
 
-        params = load_params(root / "params.yaml")
+        params = load_params(layout.params)
         self.params: ServeParams = params.serve
         self.models = models or params.model_names
         unknown = [m for m in self.models if m not in params.model_names]
@@ -47,21 +59,20 @@ class Engine:
             raise UserError(
                 f"--models {unknown[0]}: not a model of this pipeline; choose from {', '.join(params.model_names)}"
             )
-        info = json.loads(require_output(root / "data/prepared/info.json", "preprocess").read_text())
-        self.image_size, self.fit = int(info["image_size"]), info["fit"]
-        self.prepared = Prepared.open(root / "data/prepared")
+        self.prepared = Prepared.open(require_output(layout.prepared, "preprocess"))
+        self.image_size, self.fit = self.prepared.image_size, self.prepared.fit
         self.row_of = {image_id: row for row, image_id in enumerate(self.prepared.index["id"])}
         index = index or params.evaluate.index
         self.galleries = {
-            m: Gallery(m, root, self.params.gallery, params.evaluate.metric, index, params.evaluate.faiss)
+            m: Gallery(m, layout, self.params.gallery, params.evaluate.metric, index, params.evaluate.faiss)
             for m in self.models
         }
-        self.embedder = QueryEmbedder(root, self.models, params.embed.flip_average)
+        self.embedder = QueryEmbedder(layout, self.models, params.embed.flip_average)
         self.embedder.embed(np.zeros((2, self.image_size, self.image_size, 3), np.uint8), self.models)  # trace now
-        self.description = self._describe(root, params)
+        self.description = self._describe(layout, params)
         self.thumbnail = lru_cache(maxsize=8192)(self._png)
 
-    def _describe(self, root: Path, params: Params) -> dict:
+    def _describe(self, layout: Layout, params: Params) -> dict:
         """``/api/info``: what is loaded, and the hashes that tie it to the pipeline's files."""
         return {
             "models": [
@@ -70,8 +81,8 @@ class Engine:
                     "gallery": len(g),
                     "dim": g.dim,
                     "index": g.index_kind,
-                    "embeddings_md5": md5sum(embedding_path(m, root)),
-                    "in_dvc_lock": _in_lock(root, m),
+                    "embeddings_md5": md5sum(layout.embeddings(m)),
+                    "in_dvc_lock": _in_lock(layout, m),
                 }
                 for m, g in self.galleries.items()
             ],
@@ -80,49 +91,49 @@ class Engine:
             "flip_average": params.embed.flip_average,
             "image_size": self.image_size,
             "classes": list(self.prepared.class_names),
-            "params_md5": md5sum(root / "params.yaml"),
+            "params_md5": md5sum(layout.params),
             "k": self.params.k,
             "max_k": self.params.max_k,
             "max_upload_mb": self.params.max_upload_mb,
         }
 
     def check(self, models: str | None, k: int | None) -> tuple[list[str], int]:
-        """The request's models (comma-separated; default all loaded) and depth, or a 400 naming what is wrong."""
+        """The request's models (comma-separated; default all loaded) and depth, or :class:`InvalidQuery` naming what is
+        wrong."""
         chosen = [m for m in (models or "").split(",") if m] or self.models
         for m in chosen:
             if m not in self.galleries:
-                raise RequestError(400, f"unknown model {m!r}; this server has {', '.join(self.models)}")
+                raise InvalidQuery(f"unknown model {m!r}; this server has {', '.join(self.models)}")
         k = self.params.k if k is None else k
         if not 1 <= k <= self.params.max_k:
-            raise RequestError(400, f"k must be between 1 and {self.params.max_k} (serve.max_k), got {k}")
+            raise InvalidQuery(f"k must be between 1 and {self.params.max_k} (serve.max_k), got {k}")
         return chosen, k
 
     def load_upload(self, data: bytes) -> tuple[np.ndarray, list[int]]:
-        """Decode an uploaded file into a prepared-size image, or raise a 413/415/400 saying why not."""
+        """Decode an uploaded file into a prepared-size image, or raise the :class:`QueryError` that says why not."""
         from PIL import Image, UnidentifiedImageError
 
         limit = int(self.params.max_upload_mb * 2**20)
         if len(data) > limit:
-            raise RequestError(413, f"upload is {len(data):,} bytes; the limit is {limit:,} (serve.max_upload_mb)")
+            raise UploadTooLarge(f"upload is {len(data):,} bytes; the limit is {limit:,} (serve.max_upload_mb)")
         if not data:
-            raise RequestError(400, "the upload is empty")
+            raise InvalidQuery("the upload is empty")
         try:
             with Image.open(io.BytesIO(data)) as header:  # reads the header only: size before decoding
                 size = list(header.size)
         except UnidentifiedImageError:
-            raise RequestError(415, "not an image: Pillow cannot identify the file's format") from None
+            raise NotAnImage("not an image: Pillow cannot identify the file's format") from None
         except Exception as err:
-            raise RequestError(400, f"unreadable image ({type(err).__name__}: {err})") from None
+            raise InvalidQuery(f"unreadable image ({type(err).__name__}: {err})") from None
         if size[0] * size[1] > self.params.max_image_pixels:
-            raise RequestError(
-                413,
+            raise UploadTooLarge(
                 f"image is {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels; the limit is "
                 f"{self.params.max_image_pixels:,} (serve.max_image_pixels)",
             )
         try:
             image = decode(data)
         except ImageDecodeError as err:
-            raise RequestError(400, f"corrupt or truncated image ({err})") from None
+            raise InvalidQuery(f"corrupt or truncated image ({err})") from None
         return fit_to_square(image, self.image_size, self.fit), size
 
     def search_uploads(self, queries: list[tuple[np.ndarray, list[str], int]]) -> list[dict[str, list[dict]]]:
@@ -140,7 +151,7 @@ class Engine:
     def search_id(self, image_id: str, models: list[str], k: int) -> dict[str, list[dict]]:
         """Query with an image of the dataset by id: its stored embeddings, itself left out of the results."""
         if image_id not in self.row_of:
-            raise RequestError(404, f"unknown image id {image_id!r}")
+            raise UnknownImage(f"unknown image id {image_id!r}")
         answer = {}
         for model in models:
             gallery = self.galleries[model]
@@ -159,7 +170,7 @@ class Engine:
     def image_of(self, image_id: str) -> np.ndarray:
         """A dataset image's prepared pixels, or a 404."""
         if image_id not in self.row_of:
-            raise RequestError(404, f"unknown image id {image_id!r}")
+            raise UnknownImage(f"unknown image id {image_id!r}")
         return np.asarray(self.prepared.images[self.row_of[image_id]])
 
     def _png(self, image_id: str, side: int | None) -> bytes:
@@ -173,16 +184,14 @@ class Engine:
         return out.getvalue()
 
 
-def _in_lock(root: Path, model: str) -> bool | None:
+def _in_lock(layout: Layout, model: str) -> bool | None:
     """Whether the model's embeddings file is the one ``dvc.lock`` records (None: no lock or no entry)."""
-    lock = root / "dvc.lock"
-    if not lock.exists():
+    if not layout.lock.exists():
         return None
-    stage = "stack" if model == STACK else f"embed@{model}"
-    outs = (yaml.safe_load(lock.read_text()).get("stages", {}).get(stage) or {}).get("outs", [])
-    path = embedding_path(model, ".").as_posix()
+    outs = (yaml.safe_load(layout.lock.read_text()).get("stages", {}).get(producing_stage(model)) or {}).get("outs", [])
+    path = Layout().embeddings(model).as_posix()  # dvc.lock records paths relative to the repository root
     recorded = [out.get("md5") for out in outs if out.get("path") == path]
-    return recorded[0] == md5sum(embedding_path(model, root)) if recorded else None
+    return recorded[0] == md5sum(layout.embeddings(model)) if recorded else None
 
 
 class Batcher:

@@ -9,13 +9,13 @@ images that set-up, not the network, would be the latency.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from embedlab.core.errors import UserError, require_output
+from embedlab.core.layout import STACK, Layout
 from embedlab.core.params import FaissParams
-from embedlab.embed.embeddings import STACK, EmbeddingSet, embedding_path, l2_normalize, producing_stage
+from embedlab.embed.embeddings import EmbeddingSet, l2_normalize, producing_stage
 from embedlab.retrieval.index import build_index, search
 
 QUERY_CHUNK = 256  # images per forward pass: bounds memory for long query lists
@@ -25,18 +25,18 @@ class QueryEmbedder:
     """The trained backbones a set of models needs (the stack needs all of its base backbones) and the stacker,
     loaded once; embeds uint8 images of the prepared size the way ``embed`` did (``embed.flip_average``)."""
 
-    def __init__(self, root: Path, models: list[str], flip_average: bool) -> None:
+    def __init__(self, layout: Layout, models: list[str], flip_average: bool) -> None:
         import tensorflow as tf
 
         from embedlab.models.io import load_embedding_model
         from embedlab.stack.stacker import Stacker
 
         self.flip_average = flip_average
-        self.stacker = Stacker.load(require_output(root / "models/stack.npz", STACK)) if STACK in models else None
+        self.stacker = Stacker.load(require_output(layout.stacker, STACK)) if STACK in models else None
         needed = [m for m in models if m != STACK] + (self.stacker.backbones if self.stacker else [])
         self.forward, self.width = {}, {}
         for name in dict.fromkeys(needed):
-            model = load_embedding_model(require_output(root / f"models/{name}.keras", f"train@{name}"))
+            model = load_embedding_model(require_output(layout.model(name), f"train@{name}"))
             spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
             self.forward[name] = tf.function(lambda x, model=model: model(x, training=False), input_signature=[spec])
             self.width[name] = int(model.output_shape[-1])
@@ -100,13 +100,13 @@ class Gallery:
     def __init__(
         self,
         model: str,
-        root: Path,
+        layout: Layout,
         splits: str = "all",
         metric: str = "cosine",
         index: str = "exact",
         faiss_params: FaissParams | None = None,
     ) -> None:
-        emb = EmbeddingSet.load(require_output(embedding_path(model, root), producing_stage(model)))
+        emb = EmbeddingSet.load(require_output(layout.embeddings(model), producing_stage(model)))
         rows = emb.rows(splits)
         self.model, self.metric, self.splits = model, metric, splits
         self.all = emb
@@ -155,28 +155,25 @@ class Gallery:
         return hits
 
 
-def search_files(paths: list[str], model: str, k: int, *, metric: str = "cosine", root: Path = Path(".")):
+def search_files(paths: list[str], model: str, k: int, *, layout: Layout, metric: str = "cosine"):
     """``embedlab search``: embed each image file with ``model`` and rank every embedded image.
 
     Returns the results (one ``{"query", "results"}`` dict per file), the queries' pixels at the prepared size, and
     the prepared images (for a collage). Unreadable files fail before any model is loaded.
     """
-    import json
-
     from embedlab.core.params import load_params
     from embedlab.data.images import fit_to_square, open_rgb
     from embedlab.data.prepare import Prepared
 
-    params = load_params(root / "params.yaml")
+    params = load_params(layout.params)
     if model not in params.model_names:
         raise UserError(f"--model {model}: not a model of this pipeline; choose from {', '.join(params.model_names)}")
-    prepared_info = json.loads(require_output(root / "data/prepared/info.json", "preprocess").read_text())
-    size, fit = prepared_info["image_size"], prepared_info["fit"]
-    queries = np.stack([fit_to_square(open_rgb(p), size, fit) for p in paths])
-    gallery = Gallery(model, root, "all", metric)
-    vectors = QueryEmbedder(root, [model], params.embed.flip_average).embed(queries, [model])[model]
+    prepared = Prepared.open(require_output(layout.prepared, "preprocess"))
+    queries = np.stack([fit_to_square(open_rgb(p), prepared.image_size, prepared.fit) for p in paths])
+    gallery = Gallery(model, layout, "all", metric)
+    vectors = QueryEmbedder(layout, [model], params.embed.flip_average).embed(queries, [model])[model]
     results = [
         {"query": path, "results": [hit.as_dict() for hit in hits]}
         for path, hits in zip(paths, gallery.top_k(vectors, k), strict=True)
     ]
-    return results, queries, Prepared.open(root / "data/prepared")
+    return results, queries, prepared
