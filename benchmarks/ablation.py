@@ -1,6 +1,6 @@
 """What each recipe choice buys: smallnet retrained with one param changed at a time, scored on the full test set.
 
-    python benchmarks/ablation.py --run ../cifar-run --out benchmarks/results/ablation_cifar10.json
+    python benchmarks/ablation.py --run ../cifar-run
     python benchmarks/ablation.py --run ../cifar-airbench-run --variants airbench --per-class 4500 --epochs 10 ...
 
 ``--variants recipe`` (the default) changes one choice of the plain recipe; ``--variants airbench`` removes one of
@@ -21,6 +21,8 @@ from pathlib import Path
 from learning_curve import train_and_score
 
 from embedlab.core.runtime import cpu_description
+
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 # (name, model overrides, train overrides, augment overrides): each differs from the recipe in one choice.
 VARIANTS: list[tuple[str, dict, dict, dict]] = [
@@ -62,7 +64,7 @@ def main() -> None:
     parser.add_argument("--variants", choices=("recipe", "airbench"), default="recipe")
     args = parser.parse_args()
     suffix = "" if args.variants == "recipe" else f"_{args.variants}"
-    args.out = args.out or Path(f"benchmarks/results/ablation{suffix}_cifar10.json")
+    args.out = args.out or RESULTS / f"ablation{suffix}_cifar10.json"
 
     cpu = cpu_description()
     report = {"cpu": cpu, "backbone": args.backbone, "per_class": args.per_class, "epochs": args.epochs, "rows": []}

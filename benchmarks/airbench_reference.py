@@ -1,7 +1,7 @@
 """airbench94's training, reimplemented in Keras outside the pipeline: what the published recipe reaches on *this*
 data, so the pipeline's smallnet can be judged against it rather than against a figure measured elsewhere.
 
-    python benchmarks/airbench_reference.py --run ../cifar-run --out benchmarks/results/airbench_reference.json
+    python benchmarks/airbench_reference.py --run ../cifar-run
     python benchmarks/airbench_reference.py --run ../cifar-run --with-val ...   # all 50,000 training images
 
 It follows the paper and its `airbench94.py` (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024):
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
+
 CIFAR_MEAN = np.array((0.4914, 0.4822, 0.4465), np.float32)
 CIFAR_STD = np.array((0.2470, 0.2435, 0.2616), np.float32)
 BATCH, LR, MOMENTUM, WEIGHT_DECAY, SHIFT_LR_SCALE, LABEL_SMOOTHING = 1024, 11.5, 0.85, 0.0153, 64.0, 0.2
@@ -36,7 +38,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=9.9)
     parser.add_argument("--with-val", action="store_true", help="train on train+val (50,000 images)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/airbench_reference.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "airbench_reference.json")
     args = parser.parse_args()
 
     import keras

@@ -8,6 +8,7 @@ plain batched ``model.predict``, on the same model and images, in one run.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from embedlab.core.runtime import cpu_description
 from embedlab.embed.embeddings import embed_images
 from embedlab.models.backbones import build_models
 from embedlab.models.io import load_embedding_model
+
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 
 def rate(count: int, seconds: float) -> float:
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--per-image", type=int, default=100, help="images timed in the per-image loop")
+    parser.add_argument("--out", type=Path, default=RESULTS / "embed_throughput.json")
     args = parser.parse_args()
 
     saved = Path("models") / f"{args.backbone}.keras"
@@ -68,6 +72,12 @@ def main() -> None:
         ("embedlab embed (tf.data, prefetch)", ours),
     ):
         print(f"{label:<34}{value:>10.1f}{value / per_image:>13.1f}x{value / batched_predict:>11.2f}x")
+    rows = {"per_image_predict": per_image, "batched_predict": batched_predict, "embedlab_embed": ours}
+    per_second = {k: round(v, 1) for k, v in rows.items()}
+    report = {"cpu": cpu, "model": model.name, "trained": saved.exists(), "size": size, "images": len(images),
+              "batch_size": args.batch_size, "images_per_second": per_second}  # fmt: skip
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

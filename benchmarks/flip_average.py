@@ -1,6 +1,6 @@
 """What test-time flip averaging (``embed.flip_average``) buys, per backbone, on a finished run's models.
 
-    python benchmarks/flip_average.py --run ../cifar-run --out benchmarks/results/flip_average_cifar10.json
+    python benchmarks/flip_average.py --run ../cifar-run
     python benchmarks/flip_average.py --run ../cifar-run --backbones smallnet --translate --out ...
 
 Embeds every prepared image and its left-right mirror once per backbone, then scores the plain embeddings and the
@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("."), help="a clone where `dvc repro` finished")
     parser.add_argument("--backbones", nargs="+", help="default: every backbone of the run's params.yaml")
     parser.add_argument("--translate", action="store_true", help="also score flips + 1 px translations")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flip_average.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "flip_average_cifar10.json")
     args = parser.parse_args()
 
     from embedlab.core.params import load_params

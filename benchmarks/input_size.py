@@ -15,6 +15,8 @@ from pathlib import Path
 
 from learning_curve import train_and_score
 
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,7 +25,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--per-class", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/input_size.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "input_size_cifar10.json")
     args = parser.parse_args()
 
     from embedlab.core.runtime import cpu_description

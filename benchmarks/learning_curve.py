@@ -1,6 +1,6 @@
 """What more compute buys: full-test-set mAP@5 against training images and against epochs, for one backbone.
 
-    python benchmarks/learning_curve.py --run ../cifar-run --out results/cifar10/learning_curve
+    python benchmarks/learning_curve.py --run ../cifar-run
 
 Trains the backbone with the run's own params (``params.yaml`` of ``--run``, its overrides included) on seeded
 class-balanced subsets (``train.max_per_class``) and for fewer epochs, embeds every image and scores it exactly as
@@ -16,6 +16,8 @@ import json
 import tempfile
 import time
 from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 
 def train_and_score(
@@ -117,7 +119,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000], help="images per class")
     parser.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 8], help="shorter runs, at --epochs-size")
     parser.add_argument("--epochs-size", type=int, default=1000, help="images per class of the epoch curve")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/learning_curve"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "learning_curve_cifar10")
     args = parser.parse_args()
 
     from embedlab.cli.results import read_report

@@ -16,8 +16,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 K = 5
 
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--faiss-queries", type=int, default=1_000)
     parser.add_argument("--faiss-gallery", type=int, default=1_000_000)
     parser.add_argument("--workdir", default="/tmp/embedlab-bench")
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrieval.json")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     path = lambda name: os.path.join(args.workdir, f"{name}.npy")  # noqa: E731
@@ -101,10 +105,15 @@ def main() -> None:
         print(f"  {name:<15} {row['search_s']:7.2f} s   peak RSS {row['peak_rss_mib']:7.0f} MiB")
     same = recall(path("ours"), path("sklearn"))
     print(f"  speed-up {sk['search_s'] / ours['search_s']:.2f}×, same neighbours: {same:.4f}")
+    from embedlab.core.runtime import cpu_description
+
+    report = {"cpu": cpu_description(), "args": vars(args) | {"out": str(args.out)}, "exact": {"embedlab": ours,
+              "sklearn": sk, "same_neighbours": same}, "faiss": {"exact": None, "indexes": []}}  # fmt: skip
 
     print(f"faiss: {args.faiss_queries:,} queries × {args.faiss_gallery:,} gallery × {args.dim}-d, recall@{K} vs exact")
     truth = measure("embedlab_exact", args.faiss_queries, args.faiss_gallery, args.dim, path("truth"))
     print(f"  {'exact':<28} search {truth['search_s']:7.2f} s   peak RSS {truth['peak_rss_mib']:7.0f} MiB")
+    report["faiss"]["exact"] = truth
     configs = [
         ("faiss_hnsw", {"hnsw_m": 16, "ef_construction": 100, "sweep": [64, 128, 256]}),
         ("faiss_ivf", {"nlist": 4096, "sweep": [8, 32]}),
@@ -116,14 +125,19 @@ def main() -> None:
             f"  {method.removeprefix('faiss_')} {built}: build {row['build_s']:.1f} s (all cores), "
             f"peak RSS {row['peak_rss_mib']:.0f} MiB"
         )
+        report["faiss"]["indexes"].append({"method": method, **built, **row})
         for search_row in row["searches"]:
             knob, value = next((k, v) for k, v in search_row.items() if k != "search_s")
             speed_up = truth["search_s"] / search_row["search_s"]
             found = recall(f"{path(method)}.{value}.npy", path("truth"))
+            search_row[f"recall@{K}"] = found
             print(
                 f"    {knob}={value:<4} search {search_row['search_s']:6.2f} s ({speed_up:5.1f}× exact)"
                 f"   recall@{K} {found:.4f}"
             )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

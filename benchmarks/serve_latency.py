@@ -3,7 +3,7 @@
 A real server process per index kind, loaded from a pipeline run; queries are the run's test images uploaded as PNG
 over HTTP (decode, resize, embedding and search all included), first one at a time, then from concurrent clients.
 
-    python benchmarks/serve_latency.py --root path/to/cifar10-run --out benchmarks/results/serve_cifar10.json
+    python benchmarks/serve_latency.py --root path/to/cifar10-run
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from PIL import Image
 
 from embedlab.core.runtime import cpu_description
 from embedlab.data.prepare import Prepared
+
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 
 def start_server(root: Path, index: str) -> tuple[subprocess.Popen, str]:
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the throughput figure")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--indexes", nargs="+", default=["exact", "faiss"])
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, default=RESULTS / "serve_cifar10.json")
     args = parser.parse_args()
 
     prepared = Prepared.open(args.root / "data" / "prepared")

@@ -1,7 +1,7 @@
 """Every stacking method against the best single backbone, on a finished run's embeddings.
 
     python benchmarks/stacking.py                 # the pipeline in this directory
-    python benchmarks/stacking.py --run ../cifar-run --out benchmarks/results/stacking_cifar10.json
+    python benchmarks/stacking.py --run ../cifar-run
 
 Each method is fitted on the validation split (as the stack stage does) and scored like the evaluate stage: test
 queries against the gallery of ``evaluate.gallery``, exact search. Prints a markdown table and writes JSON.
@@ -14,13 +14,15 @@ import json
 import time
 from pathlib import Path
 
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
+
 METHODS = ("select", "concat", "pca", "weighted", "mlp")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=".", help="repository clone with data/embeddings and params.yaml")
-    parser.add_argument("--out", default="benchmarks/results/stacking.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "stacking_cifar10.json")
     args = parser.parse_args()
 
     from embedlab.core.layout import Layout

@@ -1,6 +1,6 @@
 """Training images/s per backbone: plain Keras, the train stage's own loop, and the machine's roofline.
 
-    python benchmarks/train_throughput.py                          # the table in the README (~25 min on 2 cores)
+    python benchmarks/train_throughput.py                          # the tables in benchmarks/README.md (~25 min)
     python benchmarks/train_throughput.py --backbones resnet50 --epochs 2 --no-stage   # a quick look
     python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline
 
@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.core.runtime import cpu_description
+
+RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BACKBONES = ("smallnet", "densenet121", "resnet50", "vgg16", "mobilenetv2")
@@ -256,7 +258,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs (after one untimed warm-up epoch)")
     parser.add_argument("--prepared", default="data/prepared", help="`dvc repro preprocess` makes it")
     parser.add_argument("--no-stage", action="store_true", help="skip the stage-loop runs")
-    parser.add_argument("--out", default="benchmarks/results/train_throughput.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     parser.add_argument("--worker", choices=("fit", "stage"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -32,9 +32,12 @@ def missing_tool(reason: str) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that needs the tiny pipeline run (a real `dvc repro`) is slow, so `-m "not slow"` stays quick."""
+    """Every test that needs the tiny pipeline run (a real `dvc repro`) or lives in tests/pipeline/ is a `pipeline`
+    test, and every `pipeline` or `browser` test is slow, so `-m "not slow"` stays quick."""
     for item in items:
-        if "pipeline" in getattr(item, "fixturenames", ()):
+        if "pipeline" in getattr(item, "fixturenames", ()) or "pipeline" in item.path.parent.parts[-1:]:
+            item.add_marker(pytest.mark.pipeline)
+        if item.get_closest_marker("pipeline") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.slow)
 
 

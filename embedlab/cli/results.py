@@ -2,7 +2,7 @@
 
 A run worth keeping (the CIFAR-10 recipe) is made in its own clone: ``dvc repro`` on the recipe's params, then
 ``embedlab results collect <clone> results/<name>``. The folder holds what a reader needs to trust the numbers
-(params, lock, every metrics file, curves, pictures, the machine) and ``embedlab results table`` prints the README
+(params, lock, every metrics file, curves, pictures, the machine) and ``embedlab results table`` prints the results
 table from those files, so no number is typed by hand.
 """
 
@@ -18,6 +18,9 @@ from embedlab.core.files import write_json
 from embedlab.core.layout import RAW_PIXELS, STACK, Layout
 
 COPIED = ("params.yaml", "dvc.lock", "metrics", "reports", "dvclive", "plots")
+# Left out: per-query confusion rows (plots/retrieval/confusion, half a megabyte a model on CIFAR-10, what
+# `dvc plots show` draws in the run's own clone) and temporary or hidden files.
+SKIPPED = ("confusion", "*.tmp", ".*")
 
 
 def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_seconds: float | None) -> Path:
@@ -33,7 +36,7 @@ def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_
         if target.is_dir():
             shutil.rmtree(target)
         if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.tmp", ".*"))
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(*SKIPPED))
         elif source.exists():
             shutil.copy2(source, target)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
@@ -122,7 +125,7 @@ def _cell(key: str, value: object) -> str:
 
 
 def markdown_table(results_dir: str | Path) -> str:
-    """The README's results table."""
+    """The results table, as the README and the CIFAR-10 notes show it."""
     headers = [
         "model", "mAP@5", "P@1", "MAP@R", "kNN acc@5", "linear probe", "softmax test acc", "flip-averaged",
         "train images", "epochs", "train min", "img/s",

@@ -38,23 +38,24 @@ class DataParams(_Section):
     """``data:``: the dataset source and how images become ``data/prepared`` (size, fit, splits)."""
 
     source: Literal["digits", "cifar10", "folder"] = "digits"
-    """digits (bundled, offline) | cifar10 | folder"""
+    """`digits` (bundled, offline), `cifar10` (official binary archive), `folder` (your images)"""
     url: str = CIFAR10_URL
-    """cifar10: official archive or any mirror"""
+    """where `cifar10` downloads `cifar-10-binary.tar.gz` from (any mirror)"""
     path: str | None = None
-    """cifar10: local cifar-10-binary.tar.gz; folder: directory or .tar/.tar.gz/.zip"""
+    """`cifar10`: a local `cifar-10-binary.tar.gz` instead of downloading; `folder`: a directory or
+    `.tar`/`.tar.gz`/`.zip`"""
     image_size: Annotated[int, Field(ge=8, le=1024)] = 32
-    """side of the square images stored in data/prepared"""
+    """side of the square images in `data/prepared` (8–1024)"""
     fit: Literal["crop", "pad", "stretch"] = "crop"
-    """crop | pad | stretch, for non-square images"""
+    """non-square images: `crop` (centre), `pad` (letterbox) or `stretch`"""
     val_fraction: Fraction = 0.15
-    """share of each class's training images held out for validation"""
+    """share of each class's training images held out for validation, in (0, 1)"""
     test_fraction: Fraction = 0.3
-    """share of each class used for test when the source has no official test split"""
+    """share of each class used for test when the source has no official test split, in (0, 1)"""
     max_per_class: Annotated[int, Field(ge=2)] | None = None
-    """cap images per class and source split (quick experiments), null = all"""
+    """cap images per class and source split (quick experiments)"""
     seed: Annotated[int, Field(ge=0)] = 42
-    """seeds the train/val/test split and the per-class cap"""
+    """seed of the split and sub-sampling"""
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
@@ -67,25 +68,29 @@ class AugmentParams(_Section):
     """``augment:``: on-the-fly training augmentation, each kind off at 0 / none."""
 
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
-    """none | horizontal | vertical | horizontal_and_vertical"""
+    """`none`, `horizontal`, `vertical`, `horizontal_and_vertical` (digits must not be flipped; use `horizontal` for
+    CIFAR-10)"""
     rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.0
     """max rotation, fraction of a full turn"""
     zoom: NonNegativeFraction = 0.0
-    """max zoom in/out, fraction"""
+    """max zoom in/out"""
     shift: NonNegativeFraction = 0.0
     """max translation, fraction of width/height"""
     shear: NonNegativeFraction = 0.0
-    """max shear, fraction"""
+    """max shear"""
     contrast: NonNegativeFraction = 0.0
-    """max contrast change, fraction"""
+    """max contrast change"""
     # bilinear: sub-pixel shifts (resampled, slightly blurred); nearest: whole-pixel shifts, as a random crop of a
     # reflect-padded image (airbench's translation)
     shift_interpolation: Literal["bilinear", "nearest"] = "bilinear"
-    """bilinear (sub-pixel shifts) | nearest (whole pixels, as airbench)"""
+    """`bilinear`: sub-pixel shifts, resampled (slightly blurred); `nearest`: whole-pixel shifts, a random crop of the
+    mirror-padded image, as airbench translates"""
     # airbench's derandomised flip: each image mirrored (or not) by a seeded coin in epoch 0, all flipped the other
     # way every odd epoch, so consecutive epochs always show both sides
     alternate_flip: bool = False
-    """with flip: horizontal, airbench's derandomised flip (each image both ways every 2 epochs)"""
+    """with `flip: horizontal`: airbench's derandomised flip. A seeded coin mirrors each image in epoch 0, and every odd
+    epoch shows all of them the other way, so any two consecutive epochs show both sides of every image (a random flip
+    repeats one side for a quarter of the images)"""
 
     @model_validator(mode="after")
     def _check(self) -> AugmentParams:
@@ -103,21 +108,31 @@ class ModelParams(_Section):
     """``model:``: the embedding model around every backbone (weights, embedding size, input size, head scale)."""
 
     weights: str | None = None
-    """imagenet | null (random init, offline) | path/to/file.weights.h5"""
+    """`imagenet` (Keras' download; offline it stops naming the file and the folder to put it in), `null` (random init)
+    or a path to a `.weights.h5` saved by this pipeline (`models/<bb>.weights.h5`)"""
     embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
-    """size of the L2-normalised embedding every model outputs"""
+    """embedding size"""
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
-    """backbone input side (resized inside the model); null = data.image_size"""
+    """the backbone's input side; images are resized inside the model (Xception needs ≥ 71 px and gets it
+    automatically)"""
     logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0
-    """the unit embedding is multiplied by it before the softmax classifier"""
+    """the unit embedding is multiplied by this before the softmax classifier (a normalised-softmax head when > 1)"""
     whiten_stem: bool = False
-    """smallnet only (set it under backbones.smallnet): patch-whitening stem initialisation"""
+    """smallnet only: initialise its 2×2 stem from the training images, as the whitening of their 2×2 patches
+    (airbench's patch whitening; see [the ablation](../benchmarks/README.md#what-each-recipe-choice-buys-an-ablation)).
+    Set it under `backbones.smallnet`; on another backbone it is an error naming the key"""
     identity_init: bool = False
-    """smallnet only (set it under backbones.smallnet): block convolutions start as identities"""
+    """smallnet only: each 3×3 block convolution's first filters (as many as it has input channels) start as the
+    identity and pass their input through; the rest keep their random init (airbench's partial Dirac init; see [the
+    ablation](../benchmarks/README.md#what-each-recipe-choice-buys-an-ablation)). Set it under `backbones.smallnet`; on
+    another backbone it is an error naming the key"""
     bn_scale: bool = True
-    """smallnet only: false = BatchNorm without a learned scale (airbench)"""
+    """smallnet only: `false` drops BatchNorm's learned scale, as airbench does (each normalised unit keeps unit
+    variance; only its shift learns; pair it with `train.bn_bias_lr_scale`). Set it under `backbones.smallnet`"""
     freeze_stem: bool = False
-    """smallnet only: the stem's kernel (its whitening) does not train"""
+    """smallnet only: its 2×2 stem's kernel does not train (its bias does): with `whiten_stem`, airbench's frozen
+    whitening. Trained, and decayed by weight decay, the whitened filters lost 13× their norm in a 10-epoch CIFAR-10
+    run. Set it under `backbones.smallnet`"""
 
 
 # The model.* keys that only a backbone with ``smallnet_options`` in its registry entry (embedlab.core.backbones)
@@ -134,57 +149,64 @@ class TrainParams(_Section):
     """``train:``: the training recipe every backbone uses unless ``backbones.<name>`` overrides a key."""
 
     epochs: PositiveInt = 10
-    """epochs of the whole run, warm-up included (early stopping may end it sooner)"""
+    """total epochs, warm-up included"""
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    """epochs with the backbone frozen (useful with pretrained weights)"""
+    """phase 1: the backbone frozen, only the head trains (use with pretrained weights)"""
     unfreeze: Literal["all"] | Annotated[int, Field(ge=0)] = "all"
-    """after warm-up: all, or the number of top backbone layers to train"""
+    """phase 2: `all`, or the number of top backbone layers to train"""
     finetune_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
-    """lr multiplier after warm-up"""
+    """phase 2 learning rate = `lr × finetune_factor` (when there was a warm-up)"""
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    """adam | adamw | sgd | rmsprop"""
+    """`adam`, `adamw`, `sgd` (Nesterov, `momentum`), `rmsprop`"""
     lr: PositiveFloat = 1e-3
-    """peak learning rate (after warm-up: times train.finetune_factor)"""
+    """learning rate (the peak, with a schedule)"""
     lr_schedule: Literal["constant", "triangular", "cosine"] = "constant"
-    """constant | triangular | cosine (per phase, step by step, down to 0 at its end)"""
+    """`constant`, `triangular` (linear rise, then linear fall to 0) or `cosine` (linear rise, half-cosine fall to 0),
+    per phase and per step; the optimizer's step counter is in every checkpoint, so a resumed run continues on the same
+    curve"""
     lr_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    """triangular/cosine: share of the phase's steps rising from lr/10 to lr"""
+    """share of the phase's steps spent rising from `lr/10` to `lr` (needs a schedule)"""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    """decoupled weight decay, as written, for every optimizer (adamw included)"""
+    """decoupled weight decay, as given, for every optimizer (`adamw` with 0 has none)"""
     momentum: NonNegativeFraction = 0.9
-    """sgd: Nesterov momentum"""
+    """`sgd` only: Nesterov momentum, in [0, 1)"""
     bn_bias_lr_scale: Annotated[float, Field(ge=1, le=1000)] = 1.0
-    """sgd: BatchNorm shifts step this many times the lr (airbench: 64)"""
+    """`sgd` only: the BatchNorm shifts step this many times the lr (airbench's 64 with `model.bn_scale: false`); weight
+    decay is not scaled"""
     lookahead: bool = False
-    """airbench's weight averaging over the last 70 % of each phase"""
+    """airbench's weight averaging: from 30 % of each phase's steps on, every 5 steps an average moves towards the
+    weights by 1 − ρ and the weights are reset to it, ρ = 0.95⁵ · (step/total)³; each epoch ends on the average, so a
+    checkpoint holds the whole state"""
     dropout: NonNegativeFraction = 0.2
-    """before the embedding projection"""
+    """dropout before the embedding projection (a regulariser, so it sits with the other training knobs)"""
     batch_size: Annotated[int, Field(ge=2)] = 64
-    """images per training step (global, over every device)"""
+    """global batch size"""
     label_smoothing: NonNegativeFraction = 0.1
-    """softmax loss label smoothing"""
+    """for the softmax loss"""
     patience: PositiveInt = 5
-    """early stopping on val loss; the best epoch's weights are kept"""
+    """early stopping on validation loss; the best epoch's weights are kept"""
     max_per_class: Annotated[int, Field(ge=1)] | None = None
-    """training budget: images per class drawn (seeded) from the train split; null = all"""
+    """the training budget: at most this many images per class, a seeded class-balanced draw from the train split;
+    validation, test, the gallery and every evaluation stay whole (unlike `data.max_per_class`)"""
     bn_recalibration_batches: Annotated[int, Field(ge=0, le=1000)] = 2
-    """training batches whose BatchNorm statistics are averaged before validation (0 = off)"""
+    """training batches whose BatchNorm statistics are averaged before each validation (`0` = off; see below)"""
     checkpoint_interval: Annotated[float, Field(ge=0)] = 60.0
-    """seconds between resume checkpoints (0 = after every epoch); see docs/training.md, Resume"""
+    """seconds between resume checkpoints (`0` = after every epoch); a resume replays the epochs since"""
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
-    """softmax | triplet | softmax+triplet"""
+    """`softmax`, `triplet`, or `softmax+triplet`"""
     triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
-    """batch_hard | semi_hard"""
+    """`batch_hard` or `semi_hard`"""
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
-    """on cosine distance"""
+    """margin on cosine distance"""
     triplet_weight: PositiveFloat = 1.0
-    """weight of the triplet term in softmax+triplet"""
+    """weight of the triplet term in `softmax+triplet`"""
     strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
-    """auto | mirrored | multiworker"""
+    """`auto` (all local GPUs when there are several), `mirrored`, `multiworker` (`TF_CONFIG`)"""
     mixed_precision: AutoOnOff = "auto"
-    """auto (on with a GPU only: slower on the CPUs measured) | on (bf16 on CPU) | off"""
+    """`auto` (on with a GPU only: bfloat16 measured slower on AVX512_BF16 CPUs, see [performance](performance.md)),
+    `on` (float16 on a GPU, bfloat16 on a CPU), `off`"""
     seed: Annotated[int, Field(ge=0)] = 42
-    """every random draw of a run: initial weights, epoch order, augmentation, dropout"""
+    """seeds Python, NumPy, TensorFlow, the batch order and every random layer"""
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
@@ -218,16 +240,17 @@ class EmbedParams(_Section):
     """``embed:``: how the embed stage (and every query) runs the trained models."""
 
     flip_average: bool = False
-    """average each image's and its mirror's embedding (also for search queries); off for digits"""
+    """embed each image and its left-right mirror, average, L2-normalise; `embedlab search` embeds queries the same way.
+    Off for digits (a mirrored digit is another symbol), on in the CIFAR-10 recipe ([CIFAR-10](cifar10.md))"""
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
-    """images per forward pass when embedding (memory, not results)"""
+    """images per forward pass"""
 
 
 class FaissParams(_Section):
     """The approximate index used when ``evaluate.index`` is ``faiss``."""
 
     type: Literal["flat", "hnsw", "ivf"] = "hnsw"
-    """flat (exact) | hnsw | ivf"""
+    """`flat` (exact, same neighbours as `exact`), `hnsw` or `ivf`"""
     hnsw_m: Annotated[int, Field(ge=4, le=256)] = 32
     """hnsw: graph degree"""
     ef_construction: Annotated[int, Field(ge=8)] = 200
@@ -244,38 +267,38 @@ class EvaluateParams(_Section):
     """``evaluate:``: the retrieval evaluation (test queries against ``gallery``)."""
 
     k: Annotated[int, Field(ge=1, le=1000)] = 5
-    """mAP@k, precision@k, hit rate@k, kNN vote"""
+    """cut-off of mAP@k, precision@k, hit rate@k and the kNN vote"""
     k_max: Annotated[int, Field(ge=1, le=1000)] = 20
     """the mAP@k curve runs k = 1 … k_max"""
     metric: Literal["cosine", "euclidean"] = "cosine"
-    """cosine | euclidean"""
+    """`cosine` or `euclidean`"""
     gallery: Literal["train", "train+val"] = "train"
-    """train | train+val; queries are always the test split"""
+    """`train` or `train+val`; queries are the test split"""
     examples: Annotated[int, Field(ge=1, le=64)] = 8
-    """queries drawn in plots/retrieval/examples/<model>_examples.png"""
+    """seeded queries drawn in the example collages"""
     index: Literal["exact", "faiss"] = "exact"
-    """exact (chunked matrix products) | faiss (large galleries; see evaluate.faiss)"""
+    """`exact` (chunked matrix products) or `faiss` (`faiss-cpu`, for large galleries)"""
     faiss: FaissParams = FaissParams()
     """the approximate index used when evaluate.index is faiss"""
     seed: Annotated[int, Field(ge=0)] = 42
-    """picks the example queries drawn in plots/retrieval/examples"""
+    """seed of the example queries and the linear probe"""
 
 
 class StackParams(_Section):
     """``stack:``: the stacking ensemble of the backbones' embeddings."""
 
     method: StackMethod = "select"
-    """select | concat | pca | weighted | mlp (select: never worse than its best member on val)"""
+    """`select`, `concat`, `pca`, `weighted` or `mlp` ([stacking](retrieval.md#stacking))"""
     models: list[BackboneName] | None = None
-    """backbones to combine, null = all of `backbones`"""
+    """backbones to combine; `null` = all of `backbones`"""
     dim: Annotated[int, Field(ge=2, le=4096)] = 32
-    """pca components / mlp output size"""
+    """output size of `pca` and `mlp` (`pca` is capped at validation images − 1)"""
     whiten_shrinkage: Annotated[float, Field(ge=0)] = 1.0
-    """pca: variance added to each component before whitening, as a multiple of the mean"""
+    """`pca`: adds s × mean variance to every component before whitening"""
     select_k: Annotated[int, Field(ge=1, le=1000)] = 5
-    """select: the validation mAP@k it maximises"""
+    """`select`: the validation mAP@k it maximises"""
     hidden: Annotated[int, Field(ge=2, le=8192)] = 256
-    """mlp: hidden units"""
+    """`mlp` hidden units"""
     loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax+triplet"
     """weighted, mlp: softmax | triplet | softmax+triplet"""
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
@@ -310,11 +333,11 @@ class ClusterParams(_Section):
     """``cluster:``: K-Means and the 2-D maps of the test split."""
 
     k: Annotated[int, Field(ge=2)] | None = None
-    """clusters, null = number of classes"""
+    """K-Means clusters; `null` = number of classes"""
     n_init: PositiveInt = 10
-    """K-Means restarts (best inertia kept)"""
+    """K-Means restarts (seeded by `cluster.seed`)"""
     method: Literal["tsne", "pca", "tsne+pca"] = "tsne"
-    """tsne | pca | tsne+pca: which 2-D maps to draw"""
+    """`tsne`, `pca` or `tsne+pca`: which 2-D maps to draw"""
     tsne: TsneParams = TsneParams()
     """the t-SNE map"""
     seed: Annotated[int, Field(ge=0)] = 42
@@ -325,9 +348,9 @@ class ProjectorParams(_Section):
     """``projector:``: the TensorBoard Projector export."""
 
     max_points: Annotated[int, Field(ge=1, le=100_000)] = 2000
-    """points per model, drawn evenly per class; sprites struggle past ~10k"""
+    """points per model in the TensorBoard projector (drawn evenly per class)"""
     thumbnail: Annotated[int, Field(ge=8, le=128)] = 32
-    """sprite cell side in pixels"""
+    """sprite thumbnail side in pixels"""
     seed: Annotated[int, Field(ge=0)] = 42
     """the points drawn per class"""
 
@@ -336,7 +359,8 @@ class ServeParams(_Section):
     """``embedlab serve`` (no pipeline stage reads these, so changing them reruns nothing)."""
 
     gallery: Literal["all", "train", "train+val"] = "all"
-    """all | train | train+val: the images a query ranks (all, as `embedlab search`)"""
+    """the images a query ranks: `all` (as `embedlab search`), `train`, or `train+val` (as `evaluate`; the CIFAR-10
+    recipe sets it: 50,000 images)"""
     k: Annotated[int, Field(ge=1, le=1000)] = 8
     """results per model when a request does not say"""
     max_k: Annotated[int, Field(ge=1, le=1000)] = 100
@@ -344,13 +368,13 @@ class ServeParams(_Section):
     max_upload_mb: Annotated[float, Field(gt=0, le=1024)] = 10.0
     """larger uploads get 413"""
     max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000
-    """decoded width × height; larger get 413 (decompression bombs)"""
+    """larger decoded images get 413"""
     max_pending: Annotated[int, Field(ge=1)] = 256
-    """queries inside the server at once; more get 429 with Retry-After"""
+    """queries inside the server at once; the next gets 429"""
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
-    """uploads that arrive together are embedded as one batch"""
+    """the most uploads embedded together"""
     thumbnail: Annotated[int, Field(ge=16, le=512)] = 96
-    """side of the result thumbnails, pixels"""
+    """side of `/api/thumbnails` images, pixels"""
 
     @model_validator(mode="after")
     def _check(self) -> ServeParams:

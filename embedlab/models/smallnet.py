@@ -124,5 +124,5 @@ def apply_init_options(models, model_params: ModelParams, train_images: np.ndarr
         identity_init(models.backbone)
     if model_params.freeze_stem:
         # airbench's frozen whitening: trained and decayed, its filters lost 13x their norm in a 10-epoch CIFAR-10
-        # run, though freezing them did not change that run's accuracy (README "airbench's own recipe")
+        # run, though freezing them did not change that run's accuracy (results/cifar10-airbench/README.md)
         models.backbone.get_layer("stem_conv").kernel.trainable = False

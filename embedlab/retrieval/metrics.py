@@ -100,7 +100,7 @@ def evaluate_retrieval(
     gallery_ids: np.ndarray | None = None,
     chunk_size: int | None = None,
 ) -> RetrievalReport:
-    """Every retrieval metric of the README for one model: the queries against the gallery that ``index`` holds
+    """Every retrieval metric (docs/retrieval.md) for one model: the queries against the gallery that ``index`` holds
     (built with ``gallery_ids`` when ``query_ids`` are given, so that a query never finds itself)."""
     k_max = max(k, k_max)
     num_relevant = relevant_counts(

@@ -1,0 +1,83 @@
+"""Recorded runs: `embedlab results collect` copies a run's files, `table` reads its numbers from them."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedlab.cli import main
+from embedlab.cli.results import collect, table_rows
+from embedlab.core.errors import UserError
+
+from ..conftest import REPO
+
+
+def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    for name in ("metrics", "reports", "plots", "dvclive"):
+        shutil.copytree(REPO / name, run / name)
+    shutil.copy(REPO / "params.yaml", run / "params.yaml")
+    shutil.copy(REPO / "requirements.lock", run / "requirements.lock")
+    # A number changed in the run's metrics must show up in the table: nothing is read from anywhere else.
+    retrieval = json.loads((run / "reports/retrieval/resnet50.json").read_text())
+    retrieval["map@5"] = 0.123456
+    (run / "reports/retrieval/resnet50.json").write_text(json.dumps(retrieval))
+    train_metrics = json.loads((run / "reports/train/resnet50.json").read_text())
+    train_metrics["wall_seconds"] = 48.0  # under a minute: still minutes with one decimal, not a score
+    train_metrics["test_flip_averaged_accuracy"] = 0.5  # digits trains without flips; a CIFAR-10 run has it
+    (run / "reports/train/resnet50.json").write_text(json.dumps(train_metrics))
+
+    main(["results", "collect", str(run), str(tmp_path / "out"), "--seconds", "12.5"])
+    out = tmp_path / "out"
+    assert (out / "metrics/retrieval/resnet50.json").exists() and (out / "reports/train/resnet50.json").exists()
+    assert (out / "plots/train").is_dir() and (out / "plots/retrieval/map_at_k.json").exists()
+    assert not (out / "plots/retrieval/confusion").exists()  # per-query rows: they stay in the run's clone
+    described = json.loads((out / "run.json").read_text())
+    assert described["pipeline_seconds"] == 12.5
+    environment = described["environment"]  # which exact environment made the run
+    assert (
+        environment["requirements_lock_sha256"] == hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    )
+    assert environment["packages"]["tensorflow"] == importlib.metadata.version("tensorflow")
+    rows = {row["model"]: row for row in table_rows(out)}
+    assert list(rows)[-2:] == ["stack", "raw_pixels"]
+    assert rows["resnet50"]["map@5"] == 0.123456
+    train = json.loads((REPO / "reports/train/densenet121.json").read_text())
+    assert rows["densenet121"]["test_accuracy"] == train["test_accuracy"]
+    assert rows["densenet121"]["train_images"] == train["train_images"]
+    printed = capsys.readouterr().out
+    assert "| resnet50 | 0.1235 |" in printed and "| **stack** |" in printed
+    resnet_row = next(line for line in printed.splitlines() if line.startswith("| resnet50 |"))
+    cells = resnet_row.split(" | ")
+    assert cells[7] == "0.5000" and cells[10] == "0.8", resnet_row  # the flip-averaged and train-minutes columns
+
+
+def test_collect_needs_a_finished_run(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="run `dvc repro`"):
+        collect(tmp_path, tmp_path / "out", command="dvc repro", pipeline_seconds=None)
+
+
+def test_the_table_reads_runs_recorded_before_metrics_and_reports_were_split() -> None:
+    """results/<run>/ folders recorded earlier hold every figure in metrics/: the table still finds them there."""
+    recorded = REPO / "results" / "cifar10"
+    assert not (recorded / "reports").exists()
+    rows = {row["model"]: row for row in table_rows(recorded)}
+    expected = json.loads((recorded / "metrics" / "train" / "smallnet.json").read_text())
+    assert rows["smallnet"]["train_images"] == expected["train_images"] and rows["smallnet"]["epochs"] is not None
+    assert rows["stack"]["linear_probe_accuracy"] is not None
+
+
+def test_experiments_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "embedlab.cli", "experiments"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: experiments: "), result.stderr
