@@ -45,7 +45,7 @@ def main() -> None:
     import tensorflow as tf
 
     from embedlab.core.runtime import cpu_description
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
 
     keras.utils.set_random_seed(args.seed)
     data = Prepared.open(args.run / "data" / "prepared")

@@ -32,7 +32,7 @@ def main() -> None:
 
     from embedlab.core.params import load_params
     from embedlab.core.runtime import cpu_description
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
     from embedlab.embed.embeddings import EmbeddingSet, embed_images, l2_normalize
     from embedlab.models.io import load_embedding_model
     from embedlab.retrieval.evaluation import evaluate_model

@@ -34,7 +34,7 @@ def train_and_score(
     import keras
 
     from embedlab.core.params import load_params
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
     from embedlab.embed.embeddings import EmbeddingSet, embed_images
     from embedlab.retrieval.evaluation import evaluate_model
     from embedlab.train.loop import Trainer

@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 
 from embedlab.core.runtime import cpu_description
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 
 RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 

@@ -5,7 +5,7 @@ import sys
 from embedlab.core.errors import run_main
 from embedlab.core.layout import Layout
 from embedlab.core.params import load_params
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import EmbeddingSet, embed_images
 from embedlab.models.io import load_embedding_model
 

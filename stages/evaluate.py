@@ -7,7 +7,7 @@ from embedlab.core.errors import run_main
 from embedlab.core.files import save_figure, write_json
 from embedlab.core.layout import STACK, Layout
 from embedlab.core.params import load_params
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import load_sets
 from embedlab.retrieval.evaluation import (
     confusion_rows,

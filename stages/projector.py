@@ -5,7 +5,7 @@ from embedlab.core.errors import run_main
 from embedlab.core.files import write_tree
 from embedlab.core.layout import Layout
 from embedlab.core.params import load_params
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import load_sets
 
 

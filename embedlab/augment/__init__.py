@@ -1,0 +1,1 @@
+"""The augment_preview stage and the training augmentation: Keras layers built from ``augment.*``."""

@@ -1,0 +1,1 @@
+"""The cluster and projector stages: K-Means, 2-D maps and the TensorBoard projector export."""

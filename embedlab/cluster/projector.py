@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from embedlab.core.params import ProjectorParams
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.data.sampling import sample_per_class
 from embedlab.embed.embeddings import EmbeddingSet
 

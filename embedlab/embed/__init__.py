@@ -1,0 +1,1 @@
+"""The embed@<backbone> stage: every prepared image through a trained model, and the embeddings file format."""

@@ -21,7 +21,7 @@ from embedlab.core.files import write_npz
 from embedlab.core.layout import RAW_PIXELS, STACK, Layout
 
 if TYPE_CHECKING:
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
 
 
 def producing_stage(model: str) -> str:

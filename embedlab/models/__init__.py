@@ -1,0 +1,1 @@
+"""The embedding models: the contract around every backbone, smallnet, losses, saving, devices."""

@@ -12,7 +12,7 @@ from embedlab.core.errors import UserError
 
 def configure_determinism(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow and make TensorFlow's ops deterministic: the same params then give the same
-    weights on the same machine (tests/test_training.py checks byte-identical models)."""
+    weights on the same machine (tests/train/test_loop.py checks byte-identical models)."""
     import keras
     import tensorflow as tf
 
@@ -38,7 +38,9 @@ def make_strategy(name: Literal["auto", "mirrored", "multiworker"]):
     match name:
         case "multiworker":
             if "TF_CONFIG" not in os.environ:
-                raise UserError("train.strategy=multiworker needs TF_CONFIG describing the cluster (docs/training.md, Scaling out)")
+                raise UserError(
+                    "train.strategy=multiworker needs TF_CONFIG describing the cluster (docs/training.md, Scaling out)"
+                )
             return tf.distribute.MultiWorkerMirroredStrategy()
         case "mirrored":
             return tf.distribute.MirroredStrategy(gpus or [d.name for d in tf.config.list_logical_devices("CPU")])
@@ -51,8 +53,9 @@ def make_strategy(name: Literal["auto", "mirrored", "multiworker"]):
 def set_mixed_precision(setting: Literal["auto", "on", "off"]) -> str:
     """Set Keras' global dtype policy as ``train.mixed_precision`` says; return the policy's name.
 
-    ``auto`` turns mixed precision on with a GPU only: on the CPU measured (AVX512_BF16 without AMX, docs/performance.md) bfloat16 paid off for VGG16 alone and cost DenseNet121 retrieval quality. ``on`` uses float16 on a GPU
-    and bfloat16 on a CPU (CPUs have no fast float16 kernels).
+    ``auto`` turns mixed precision on with a GPU only: on the CPU measured (AVX512_BF16 without AMX,
+    docs/performance.md) bfloat16 paid off for VGG16 alone and cost DenseNet121 retrieval quality. ``on`` uses float16
+    on a GPU and bfloat16 on a CPU (CPUs have no fast float16 kernels).
     """
     import keras
     import tensorflow as tf

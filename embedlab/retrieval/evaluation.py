@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 
 from embedlab.core.params import EvaluateParams
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import EmbeddingSet
 from embedlab.retrieval.collage import Tile, draw_collage
 from embedlab.retrieval.index import build_index

@@ -49,7 +49,7 @@ class Engine:
     """Everything a query needs, loaded once: the query embedder, one gallery per model, the prepared images."""
 
     def __init__(self, layout: Layout, models: list[str] | None = None, index: str | None = None) -> None:
-        from embedlab.data.prepare import Prepared
+        from embedlab.data.prepared import Prepared
 
         params = load_params(layout.params)
         self.params: ServeParams = params.serve

@@ -163,7 +163,7 @@ def search_files(paths: list[str], model: str, k: int, *, layout: Layout, metric
     """
     from embedlab.core.params import load_params
     from embedlab.data.images import fit_to_square, open_rgb
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
 
     params = load_params(layout.params)
     if model not in params.model_names:

@@ -35,7 +35,7 @@ class TrainingData:
     @classmethod
     def load(cls, prepared_dir: Path, train: TrainParams) -> TrainingData:
         """Read ``data/prepared``; the training budget is a seeded class-balanced subset of the train split."""
-        from embedlab.data.prepare import Prepared
+        from embedlab.data.prepared import Prepared
         from embedlab.data.sampling import class_balanced_subset
 
         data = Prepared.open(prepared_dir)

@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 # Random init: BatchNorm must learn its statistics from ~a thousand images; Keras' default momentum 0.99 would
 # still remember the initial (0, 1) statistics after hundreds of steps and wreck evaluation.
 FROM_SCRATCH_BN_MOMENTUM = 0.9
-# An epoch's random layers (augmentation, dropout) start from seed·SEED_STRIDE + epoch·EPOCH_STRIDE + layer: two
-# primes far apart, so no (seed, epoch, layer) shares a state with another for any seed, epoch or layer count in use.
+# An epoch's random layers (augmentation, dropout) start from seed·SEED_STRIDE + epoch·EPOCH_STRIDE + layer: distinct
+# for every (seed, epoch, layer) while a run has fewer than 99 epochs and a model fewer than 1,009 random layers.
 SEED_STRIDE, EPOCH_STRIDE = 100_003, 1_009
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 from embedlab.core.errors import UserError
 from embedlab.core.params import DataParams
 from embedlab.data.download.folder import EmptyDatasetError, UnsafeArchiveError, write_folder
-from embedlab.data.prepare import Prepared, prepare
+from embedlab.data.prepare import prepare
+from embedlab.data.prepared import Prepared
 from embedlab.data.raw import RawDataset
 
 from ..conftest import CIFAR_JPEG

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 
 from ..conftest import copy_repo, dvc, set_params
 

@@ -21,7 +21,7 @@ import yaml
 from embedlab.cluster.clustering import cluster_model
 from embedlab.core.layout import RAW_PIXELS
 from embedlab.core.params import load_params
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import raw_pixel_set
 from embedlab.retrieval.evaluation import evaluate_model
 

@@ -104,7 +104,7 @@ def _search_stack(root: Path, pixels: np.ndarray, tmp_path: Path, *, k: int) -> 
 
 
 def test_search_with_the_stack_runs_base_models_then_stacker(pipeline: Path, tmp_path: Path) -> None:
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
 
     prepared = Prepared.open(pipeline / "data" / "prepared")
     test_row = int(prepared.split("test")[0])
@@ -150,7 +150,7 @@ def test_the_default_stack_applies_what_it_reports(pipeline: Path) -> None:
 def test_a_query_skips_a_backbone_the_stack_weighs_zero(pipeline: Path, tmp_path: Path) -> None:
     """With smallnet at weight 0 the stack of a query is its mobilenetv2 embedding alone, and search ranks the
     stacked gallery by it."""
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
     from embedlab.stack.stacker import Stacker
 
     root = tmp_path / "root"

@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from embedlab.core.layout import Layout
-from embedlab.data.prepare import Prepared
+from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import EmbeddingSet
 
 from ..conftest import REPO, missing_tool, run

@@ -247,7 +247,7 @@ def _fit_smallnet(root: Path, work: Path, smallnet: dict, augment: dict = TINY["
 def _map_at_5(root: Path, vectors: np.ndarray | None) -> float:
     """mAP@5 of the test split against train (the evaluate stage's protocol); ``None``: raw pixels."""
     from embedlab.core.params import EvaluateParams
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
     from embedlab.embed.embeddings import EmbeddingSet, raw_pixel_set
     from embedlab.retrieval.evaluation import evaluate_model
 
@@ -294,7 +294,7 @@ def test_early_stopping_keeps_the_best_epoch_and_a_run_resumed_after_it_stops_al
 @slow
 def test_triplet_only_training_learns_an_embedding_that_beats_raw_pixels(workdir: Path, tmp_path: Path) -> None:
     """No softmax term: the triplet loss alone must move the embedding (an untrained smallnet scores ~0.1)."""
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
     from embedlab.embed.embeddings import embed_images
 
     smallnet = {"epochs": 6, "optimizer": "sgd", "lr": 0.2}
@@ -311,7 +311,7 @@ def test_triplet_only_training_learns_an_embedding_that_beats_raw_pixels(workdir
 def test_the_training_budget_cuts_the_train_split_only(workdir: Path) -> None:
     """``max_per_class`` is a class-balanced subset of train; val and test are scored whole."""
     from embedlab.core.params import TrainParams
-    from embedlab.data.prepare import Prepared
+    from embedlab.data.prepared import Prepared
     from embedlab.train.data import TrainingData
 
     prepared = Prepared.open(workdir / "data" / "prepared")
