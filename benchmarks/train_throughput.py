@@ -175,6 +175,7 @@ def worker(args: argparse.Namespace) -> dict:
         args.backbones[0],
         data.image_size,
         data.num_classes,
+        seed=train_params.seed,
         embedding_dim=model_params.embedding_dim,
         dropout=train_params.dropout,
         input_size=model_params.input_size,

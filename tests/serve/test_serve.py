@@ -317,7 +317,7 @@ def test_serve_errors_are_one_line(pipeline: Path, tmp_path: Path) -> None:
     missing = serve(empty)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == (
-        f"error: {Path('data/prepared/info.json')} is missing: run `dvc repro preprocess` "
+        f"error: {Path('data/prepared')} is missing: run `dvc repro preprocess` "
         "(or `dvc pull preprocess` to fetch it from the remote)"
     )
     unknown = serve(pipeline, "--models", "alexnet")
