@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py                          # the tables in benchmarks/README.md (~25 min)
     python benchmarks/train_throughput.py --backbones resnet50 --epochs 2 --no-stage   # a quick look
     python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline
+    python benchmarks/train_throughput.py --stage-vs-plain --epochs 6   # the stage loop against a plain fit, per CPU
 
 For every backbone, on the same data (the digits train split, 32 px, as `dvc repro` prepares it, augmented as
 params.yaml says), batch size and image size:
@@ -217,6 +218,29 @@ def run_child(args: argparse.Namespace, backbone: str, mode: str, onednn: str, b
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def stage_vs_plain(args: argparse.Namespace) -> None:
+    """The train stage's epochs against a plain fit of the same model in the same process, per backbone, kept in
+    ``stage_vs_plain_fit.json`` under this CPU's kind (its model and kernel flags), beside the other kinds measured."""
+    backbones = args.backbones if args.backbones != list(DEFAULT_BACKBONES) else ["smallnet", "resnet50", "densenet121"]
+    cpu = cpu_description()
+    kind = f"{cpu['cpu']} ({' '.join(cpu['flags'])})"
+    out = RESULTS / "stage_vs_plain_fit.json"
+    kinds = json.loads(out.read_text()) if out.exists() else {}
+    rows = []
+    for backbone in backbones:
+        rows.append(run_child(args, backbone, "stage", "1", False))
+        row = rows[-1]
+        print(
+            f"{backbone}: stage {row['images_per_second']} img/s, plain fit {row['plain_fit_images_per_second']}: "
+            f"{row['stage_over_plain_fit']:.2f} (fastest epochs {row['best_epoch_stage_over_plain_fit']:.2f}), "
+            f"cores {row['cpu_cores_used']}",
+            flush=True,
+        )
+    kinds[kind] = {"command": " ".join(sys.argv), "cpu": cpu, "epochs": args.epochs, "rows": rows}
+    out.write_text(json.dumps(kinds, indent=2) + "\n")
+    print(f"CPU: {kind}\nwrote {out}")
+
+
 def _label(row: dict) -> str:
     if row["mode"] == "stage":
         return f"stage loop (oneDNN, fp32), {row['stage_over_plain_fit']:.2f}x plain fit"
@@ -259,6 +283,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs (after one untimed warm-up epoch)")
     parser.add_argument("--prepared", default="data/prepared", help="`dvc repro preprocess` makes it")
     parser.add_argument("--no-stage", action="store_true", help="skip the stage-loop runs")
+    parser.add_argument(
+        "--stage-vs-plain",
+        action="store_true",
+        help="only the stage loop against a plain fit (smallnet, ResNet50, DenseNet121 unless --backbones says), "
+        "kept per CPU kind in stage_vs_plain_fit.json",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     parser.add_argument("--worker", choices=("fit", "stage"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -271,6 +301,9 @@ def main() -> None:
         return
     if not (REPO / args.prepared / "index.csv").exists():
         raise SystemExit(f"{args.prepared} is missing: run `dvc repro preprocess` first")
+    if args.stage_vs_plain:
+        stage_vs_plain(args)
+        return
 
     cpu = cpu_description()
     bf16_options = [False, True] if {"avx512_bf16", "amx_bf16"} & set(cpu["flags"]) else [False]

@@ -86,7 +86,9 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, params: DataParams) -> Pre
         images = np.lib.format.open_memmap(
             tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3)
         )
-        for i, image in enumerate(tqdm(raw.images(rows), total=len(rows), desc="resizing", unit="img", leave=False)):
+        # disable=None: the bar shows on a terminal and stays out of a log (a CI run, `dvc repro > log`)
+        resizing = tqdm(raw.images(rows), total=len(rows), desc="resizing", unit="img", leave=False, disable=None)
+        for i, image in enumerate(resizing):
             images[i] = fit_to_square(image, size, params.fit)
         images.flush()
         del images

@@ -137,7 +137,10 @@ def embed_images(
                 yield np.ascontiguousarray(batch[:, :, ::-1]) if mirror else batch
 
         spec = tf.TensorSpec((None, *images.shape[1:]), tf.uint8)
-        dataset = tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
+        # The batch count, told to Keras: its progress bar counts "3/8" instead of "3/Unknown", and it does not warn
+        # that the input "ran out of data" when the last batch is read.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))).prefetch(2)
         return np.asarray(model.predict(dataset, verbose=1 if progress else 0), dtype=np.float32)
 
     vectors = predict(mirror=False)

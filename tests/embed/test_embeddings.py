@@ -1,9 +1,10 @@
-"""The embed stage's forward pass: flip averaging."""
+"""The embed stage's forward pass: flip averaging, and what it prints."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from embedlab.embed.embeddings import embed_images
 
@@ -24,3 +25,16 @@ def test_flip_average_is_the_normalised_mean_of_image_and_mirror() -> None:
     a = embed_images(model, symmetric, progress=False, flip_average=True)
     b = embed_images(model, symmetric, progress=False)
     np.testing.assert_allclose(a, b / np.linalg.norm(b, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_embedding_prints_a_counted_progress_bar_and_no_warning(capfd: pytest.CaptureFixture[str]) -> None:
+    """The embed stage's output in a `dvc repro` log: a bar that counts the batches, no "Unknown" steps and no
+    Keras warning that the input ran out of data."""
+    from embedlab.models.backbones import build_models
+
+    model = build_models("smallnet", 16, 3, embedding_dim=8, seed=0).embedding
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    vectors = embed_images(model, images, batch_size=4, progress=True)
+    printed = "".join(capfd.readouterr())
+    assert vectors.shape == (10, 8)
+    assert "3/3" in printed and "Unknown" not in printed and "ran out of data" not in printed, printed

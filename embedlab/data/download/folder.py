@@ -146,7 +146,7 @@ def write_folder(out: Path, source: str | Path) -> tuple[int, list[dict[str, str
         skipped: list[dict[str, str]] = []
         used: set[str] = set()
         writer = BlobWriter(out)
-        for path, read in tqdm(members, desc="reading images", unit="file", leave=False):
+        for path, read in tqdm(members, desc="reading images", unit="file", leave=False, disable=None):
             rel = PurePosixPath(*path.parts[depth:])
             if len(path.parts) <= class_level + 1:
                 skipped.append({"path": str(rel), "reason": "not inside a class folder"})

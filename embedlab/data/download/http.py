@@ -86,7 +86,7 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool) -> None:
                 unit="B",
                 unit_scale=True,
                 desc=part.name.removesuffix(".part"),
-                disable=not progress,
+                disable=None if progress else True,  # None: shown on a terminal, not in a log
                 leave=False,
             ) as bar,
         ):
