@@ -9,6 +9,7 @@ byte-identical files (and identical DVC hashes).
 from __future__ import annotations
 
 import struct
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,8 @@ def embed_images(
     import tensorflow as tf
 
     count = len(images)
+    # A bar redrawn in place on a terminal; in a log (CI, `dvc repro > log`) one line when the pass is done.
+    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
     if count == 0:
         return np.zeros((0, model.output_shape[-1]), np.float32)
 
@@ -141,7 +144,7 @@ def embed_images(
         # The batch count, told to Keras: its progress bar counts "3/8" instead of "3/Unknown", and it does not warn
         # that the input "ran out of data" when the last batch is read.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))).prefetch(2)
-        return np.asarray(model.predict(dataset, verbose=1 if progress else 0), dtype=np.float32)
+        return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
 
     vectors = predict(mirror=False)
     return l2_normalize(vectors + predict(mirror=True)) if flip_average else vectors
