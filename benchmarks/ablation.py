@@ -2,9 +2,14 @@
 
     python benchmarks/ablation.py --run ../cifar-run
     python benchmarks/ablation.py --run ../cifar-airbench-run --variants airbench --per-class 4500 --epochs 10 ...
+    python benchmarks/ablation.py --run ../cifar-run --only "recipe (baseline)" --seeds 0 1 2   # run-to-run spread
 
 ``--variants recipe`` (the default) changes one choice of the plain recipe; ``--variants airbench`` removes one of
 airbench's choices at a time from a run whose params use them all (results/cifar10-airbench/params.yaml).
+
+``--seeds`` trains every variant once per ``train.seed`` (each seed draws other initial weights, epoch orders,
+augmentations and dropout) and reports each row's mean and standard deviation: the spread a difference between
+rows must exceed to mean anything.
 
 A reduced budget (``--per-class`` training images per class, ``--epochs``) keeps each point to a few minutes on
 2 cores; every row is trained and scored exactly like ``benchmarks/learning_curve.py`` (all 10,000 test queries
@@ -53,6 +58,26 @@ AIRBENCH_VARIANTS: list[tuple[str, dict, dict, dict]] = [
 ]
 
 
+def print_spread(rows: list[dict], cpu: dict) -> None:
+    """Each variant's mean ± sample standard deviation over its seeds."""
+    import numpy as np
+
+    print(f"\nCPU: {cpu['cpu']}, {cpu['cores']} cores, flags: {' '.join(cpu['flags'])}")
+    print("| variant | seeds | mAP@5 | softmax test acc | flip-averaged acc | train s |")
+    print("|---|---|---|---|---|---|")
+    for name in dict.fromkeys(row["variant"] for row in rows):
+        mine = [row for row in rows if row["variant"] == name]
+
+        def spread(key: str, mine: list[dict] = mine) -> str:
+            values = np.array([row[key] for row in mine if row.get(key) is not None], dtype=float)
+            return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
+
+        seeds = ", ".join(str(row["train"].get("seed")) for row in mine)
+        train_s = np.mean([row["train_seconds"] for row in mine])
+        print(f"| {name} | {seeds} | {spread('map@5')} | {spread('test_accuracy')} | "
+              f"{spread('test_flip_averaged_accuracy')} | {train_s:.0f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a CIFAR-10 clone where `dvc repro` finished")
@@ -62,8 +87,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/ablation[_airbench]_cifar10.json")
     parser.add_argument("--only", nargs="+", help="variant names to run (default: all)")
     parser.add_argument("--variants", choices=("recipe", "airbench"), default="recipe")
+    parser.add_argument("--seeds", type=int, nargs="+", help="train.seed values: each variant once per seed")
     args = parser.parse_args()
-    suffix = "" if args.variants == "recipe" else f"_{args.variants}"
+    suffix = ("" if args.variants == "recipe" else f"_{args.variants}") + ("_seeds" if args.seeds else "")
     args.out = args.out or RESULTS / f"ablation{suffix}_cifar10.json"
 
     cpu = cpu_description()
@@ -71,10 +97,15 @@ def main() -> None:
     for name, model, train, augment in VARIANTS if args.variants == "recipe" else AIRBENCH_VARIANTS:
         if args.only and name not in args.only:
             continue
-        row = train_and_score(args.run, args.backbone, args.per_class, args.epochs, None, train, augment, model)
-        report["rows"].append({"variant": name, "model": model, "train": train, "augment": augment, **row})
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report["rows"][-1]), flush=True)
+        for seed in args.seeds or [None]:
+            seeded = train if seed is None else {**train, "seed": seed}
+            row = train_and_score(args.run, args.backbone, args.per_class, args.epochs, None, seeded, augment, model)
+            report["rows"].append({"variant": name, "model": model, "train": seeded, "augment": augment, **row})
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            print(json.dumps(report["rows"][-1]), flush=True)
+    if args.seeds:
+        print_spread(report["rows"], cpu)
+        return
     base = report["rows"][0]
     print(f"\nCPU: {cpu['cpu']}, {cpu['cores']} cores, flags: {' '.join(cpu['flags'])}")
     print("| variant | train s | mAP@5 | Δ mAP@5 | softmax test acc | Δ acc |")
