@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from embedlab.embed.embeddings import EmbeddingSet, l2_normalize
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -245,3 +247,23 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline run"], repo)
     return repo
+
+
+# --- small labelled embeddings -------------------------------------------------------------------------------
+
+
+def blobs(per_class: int = 30, classes: int = 4, spread: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors around one centre per class, and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class)
+    centres = np.eye(8)[:classes] * 5
+    return l2_normalize(centres[labels] + spread * rng.normal(size=(len(labels), 8))), labels
+
+
+def blob_embedding_set(count_per_class: int = 10, classes: int = 3, dim: int = 5) -> EmbeddingSet:
+    """An embeddings file's content for a few classes, spread over the three splits."""
+    vectors, labels = blobs(per_class=count_per_class, classes=classes, spread=0.2)
+    vectors = vectors[:, :dim] if dim <= 8 else vectors
+    splits = np.array(["train", "val", "test"] * (len(labels) // 3 + 1))[: len(labels)]
+    ids = np.array([f"img/{i:03d}.png" for i in range(len(labels))])
+    return EmbeddingSet(l2_normalize(vectors), ids, labels, splits, np.array(["cat", "dog", "eel"][:classes]))

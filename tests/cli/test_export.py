@@ -11,27 +11,13 @@ import pytest
 from embedlab.cli.export import export_embeddings
 from embedlab.core.errors import UserError
 from embedlab.core.layout import Layout
-from embedlab.embed.embeddings import EmbeddingSet, l2_normalize
 
-
-def _blobs(per_class: int = 30, classes: int = 4, spread: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(classes), per_class)
-    centres = np.eye(8)[:classes] * 5
-    return l2_normalize(centres[labels] + spread * rng.normal(size=(len(labels), 8))), labels
-
-
-def _embedding_set(count_per_class: int = 10, classes: int = 3, dim: int = 5) -> EmbeddingSet:
-    vectors, labels = _blobs(per_class=count_per_class, classes=classes, spread=0.2)
-    vectors = vectors[:, :dim] if dim <= 8 else vectors
-    splits = np.array(["train", "val", "test"] * (len(labels) // 3 + 1))[: len(labels)]
-    ids = np.array([f"img/{i:03d}.png" for i in range(len(labels))])
-    return EmbeddingSet(l2_normalize(vectors), ids, labels, splits, np.array(["cat", "dog", "eel"][:classes]))
+from ..conftest import blob_embedding_set
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet"])
 def test_export_round_trip(fmt: str, tmp_path: Path) -> None:
-    emb = _embedding_set(count_per_class=7)
+    emb = blob_embedding_set(count_per_class=7)
     emb.save(tmp_path / "data" / "embeddings" / "m.npz")
     out = export_embeddings(
         "m", fmt, tmp_path / f"out.{fmt}", layout=Layout(tmp_path), rows_per_block=4

@@ -32,16 +32,11 @@ from embedlab.core.params import ClusterParams, ProjectorParams, TsneParams
 from embedlab.data.sampling import sample_per_class
 from embedlab.embed.embeddings import EmbeddingSet, l2_normalize
 
-
-def _blobs(per_class: int = 30, classes: int = 4, spread: float = 0.01, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(classes), per_class)
-    centres = np.eye(8)[:classes] * 5
-    return l2_normalize(centres[labels] + spread * rng.normal(size=(len(labels), 8))), labels
+from ..conftest import blob_embedding_set, blobs
 
 
 def test_perfectly_separated_clusters_score_one() -> None:
-    vectors, labels = _blobs()
+    vectors, labels = blobs()
     clusters = kmeans(vectors, 4, n_init=4, seed=0)
     metrics = cluster_metrics(vectors, labels, clusters)
     assert metrics["nmi"] == pytest.approx(1.0) and metrics["ari"] == pytest.approx(1.0)
@@ -71,24 +66,16 @@ def test_sample_per_class_keeps_every_class() -> None:
 
 @pytest.mark.slow
 def test_tsne_shape_and_determinism() -> None:
-    vectors, _ = _blobs(per_class=25, spread=0.3)
+    vectors, _ = blobs(per_class=25, spread=0.3)
     first, second = tsne_2d(vectors, 30, seed=7), tsne_2d(vectors, 30, seed=7)
     assert first.shape == (100, 2) and first.dtype == np.float32
     np.testing.assert_array_equal(first, second)
     assert tsne_2d(vectors[:6], 30, seed=7).shape == (6, 2)  # perplexity is capped below the sample size
 
 
-def _embedding_set(count_per_class: int = 10, classes: int = 3, dim: int = 5) -> EmbeddingSet:
-    vectors, labels = _blobs(per_class=count_per_class, classes=classes, spread=0.2)
-    vectors = vectors[:, :dim] if dim <= 8 else vectors
-    splits = np.array(["train", "val", "test"] * (len(labels) // 3 + 1))[: len(labels)]
-    ids = np.array([f"img/{i:03d}.png" for i in range(len(labels))])
-    return EmbeddingSet(l2_normalize(vectors), ids, labels, splits, np.array(["cat", "dog", "eel"][:classes]))
-
-
 def test_cluster_model_gives_metrics_maps_and_scatter_rows() -> None:
     params = ClusterParams(method="tsne+pca", tsne=TsneParams(sample=12, perplexity=5))
-    result = cluster_model(_embedding_set(), params)
+    result = cluster_model(blob_embedding_set(), params)
     assert set(result.metrics) == {"nmi", "ari", "purity", "silhouette"} and set(result.maps) == {"tsne", "pca"}
     for method in ("tsne", "pca"):
         figure = draw_model_map(result, method, ["cat", "dog", "eel"], "m")
@@ -109,7 +96,7 @@ class _FakePrepared:
 
 
 def test_projector_files(tmp_path: Path) -> None:
-    emb = _embedding_set(count_per_class=10)
+    emb = blob_embedding_set(count_per_class=10)
     prepared = _FakePrepared(emb)
     write_tree(tmp_path / "m", projector_run(emb, prepared, "m", ProjectorParams(max_points=20, thumbnail=16)))
     tensors = np.loadtxt(tmp_path / "m" / "tensors.tsv", delimiter="\t")
@@ -144,7 +131,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_tensorboard_serves_the_projector_logdir(tmp_path: Path) -> None:
-    emb = _embedding_set(count_per_class=10)
+    emb = blob_embedding_set(count_per_class=10)
     files = projector_run(emb, _FakePrepared(emb), "m", ProjectorParams(max_points=20, thumbnail=16))
     write_tree(tmp_path / "m", files)
     port = _free_port()
@@ -186,4 +173,4 @@ def test_tensorboard_serves_the_projector_logdir(tmp_path: Path) -> None:
 
 def test_more_clusters_than_test_images_is_one_line_before_any_work() -> None:
     with pytest.raises(UserError, match=r"^cluster\.k: 11 clusters for 10 test images; use at most 10$"):
-        cluster_model(_embedding_set(), ClusterParams(k=11))
+        cluster_model(blob_embedding_set(), ClusterParams(k=11))
