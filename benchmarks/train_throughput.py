@@ -104,8 +104,6 @@ def worker(args: argparse.Namespace) -> dict:
 
     from embedlab.augment.layers import build_augmentation
     from embedlab.core.params import load_params
-    from embedlab.models.backbones import build_models
-    from embedlab.models.devices import configure_determinism, set_mixed_precision
     from embedlab.train.data import TrainingData
     from embedlab.train.loop import Trainer
     from embedlab.train.optimization import compile_trainer, make_optimizer
@@ -168,24 +166,19 @@ def worker(args: argparse.Namespace) -> dict:
         )
         return result
 
-    configure_determinism(train_params.seed)
-    set_mixed_precision(train_params.mixed_precision)
-    data = TrainingData.load(Path(args.prepared), train_params)
+    # The stage's own build (seeds, dtype policy, data, the models as the stage makes them), so the plain fit trains
+    # exactly the stage's model.
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Trainer(
+            args.backbones[0], model_params, train_params, params.augment, prepared_dir=args.prepared,
+            work_dir=Path(tmp) / "work", live_dir=Path(tmp) / "live",
+        ).build()  # fmt: skip
+        run.log.end()
+    models, data = run.models, run.data
     images = data.arrays["train"][0]
-    models = build_models(
-        args.backbones[0],
-        data.image_size,
-        data.num_classes,
-        seed=train_params.seed,
-        embedding_dim=model_params.embedding_dim,
-        dropout=train_params.dropout,
-        input_size=model_params.input_size,
-        bn_momentum=0.9,
-    )
     steps = (args.epochs + 1) * -(-len(images) // train_params.batch_size)
     compile_trainer(models.trainer, train_params, make_optimizer(train_params, train_params.lr, steps))
-    augment = build_augmentation(params.augment, seed=train_params.seed)
-    dataset = data.train_dataset(np.arange(len(images)), augment)
+    dataset = data.train_dataset(np.arange(len(images)), run.augmentation)
     models.trainer.fit(dataset, epochs=1, verbose=0)  # trace + first epoch, not timed
     timer = _epoch_timer()
     models.trainer.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[timer])
