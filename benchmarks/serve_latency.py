@@ -2,8 +2,11 @@
 
 A real server process per index kind, loaded from a pipeline run; queries are the run's test images uploaded as PNG
 over HTTP (decode, resize, embedding and search all included), first one at a time, then from concurrent clients.
+With ``--rev`` (repeated) the server compares those revisions: one row per (revision, model), and one row for the
+query the comparison page sends, answered by every (revision, model) at once.
 
     python benchmarks/serve_latency.py --root path/to/cifar10-run
+    python benchmarks/serve_latency.py --root path/to/cifar10-run --rev recipe --rev whitened --indexes exact
 """
 
 from __future__ import annotations
@@ -28,13 +31,15 @@ from embedlab.data.prepared import Prepared
 RESULTS = Path(__file__).parent / "results"  # every benchmark writes its results file here, beside the scripts
 
 
-def start_server(root: Path, index: str) -> tuple[subprocess.Popen, str]:
+def start_server(root: Path, index: str, revisions: list[str]) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "embedlab.cli", "serve", "--port", "0", "--index", index],
+        [sys.executable, "-m", "embedlab.cli", "serve", "--port", "0", "--index", index]
+        + [arg for rev in revisions for arg in ("--rev", rev)],
         cwd=root,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        # This checkout's embedlab, not the run's copy (PYTHONSAFEPATH: the working directory is not put first).
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONSAFEPATH": "1"},
     )
     for line in process.stdout:
         if line.startswith("open http://"):
@@ -42,14 +47,16 @@ def start_server(root: Path, index: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"the server exited with {process.wait()}")
 
 
-def post(session: requests.Session, url: str, png: bytes, model: str, k: int) -> float:
+def post(session: requests.Session, url: str, png: bytes, rows: dict[str, str], k: int) -> float:
     start = time.perf_counter()
-    response = session.post(f"{url}/api/search", params={"k": k, "models": model}, files={"image": ("q.png", png)})
+    response = session.post(f"{url}/api/search", params={"k": k, **rows}, files={"image": ("q.png", png)})
     response.raise_for_status()
     return time.perf_counter() - start
 
 
-def measure(url: str, pngs: list[bytes], model: str, k: int, queries: int, clients: int) -> dict[str, float]:
+def measure(url: str, pngs: list[bytes], model: dict[str, str], k: int, queries: int, clients: int) -> dict[str, float]:
+    """p50/p99 one query at a time, and queries per second from ``clients`` at once, of the rows ``model`` asks for
+    (``models`` and ``sources`` of the search request; empty: every row)."""
     session = requests.Session()
     for png in pngs[:5]:  # warm-up: the connection and the first batch sizes
         post(session, url, png, model, k)
@@ -67,6 +74,21 @@ def measure(url: str, pngs: list[bytes], model: str, k: int, queries: int, clien
     }
 
 
+def rows_to_measure(info: dict, index: str) -> list[tuple[dict[str, str], dict]]:
+    """Each (revision, model) alone, then, when several revisions are served, every row in one query (the request
+    the comparison page sends)."""
+    sources = info["sources"]
+    measured = [
+        ({"models": m["name"], "sources": s["name"]},
+         {"revision": s["name"], "model": m["name"], "index": index, "gallery": m["gallery"]})
+        for s in sources for m in s["models"]
+    ]  # fmt: skip
+    if len(sources) > 1:
+        every = {"revision": "+".join(s["name"] for s in sources), "model": f"all {len(measured)} rows"}
+        measured.append(({}, {**every, "index": index, "gallery": sources[0]["models"][0]["gallery"]}))
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, required=True, help="a repository clone where `dvc repro` ran")
@@ -74,6 +96,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients for the throughput figure")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--indexes", nargs="+", default=["exact", "faiss"])
+    parser.add_argument("--rev", action="append", default=[], help="serve these revisions side by side (repeat it)")
     parser.add_argument("--out", type=Path, default=RESULTS / "serve_cifar10.json")
     args = parser.parse_args()
 
@@ -86,14 +109,12 @@ def main() -> None:
         pngs.append(out.getvalue())
     cpu = cpu_description()
     results = {"cpu": cpu, "queries": args.queries, "clients": args.clients, "k": args.k, "rows": []}
+    results["revisions"] = args.rev
     for index in args.indexes:
-        process, url = start_server(args.root.resolve(), index)
+        process, url = start_server(args.root.resolve(), index, args.rev)
         try:
-            info = requests.get(f"{url}/api/info").json()
-            for model in [m["name"] for m in info["models"]]:
-                gallery = next(m["gallery"] for m in info["models"] if m["name"] == model)
-                row = {"model": model, "index": index, "gallery": gallery}
-                row.update(measure(url, pngs, model, args.k, args.queries, args.clients))
+            for asked, row in rows_to_measure(requests.get(f"{url}/api/info").json(), index):
+                row.update(measure(url, pngs, asked, args.k, args.queries, args.clients))
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
         finally:
@@ -101,11 +122,11 @@ def main() -> None:
             process.wait()
     print(f"\nCPU: {cpu['cpu']}, {cpu['cores']} cores, flags: {' '.join(cpu['flags'])}")
     print(f"{args.queries} queries per row, k={args.k}; throughput from {args.clients} concurrent clients\n")
-    print("| model | index | gallery | p50 ms | p99 ms | queries/s, one client | queries/s, concurrent |")
-    print("|---|---|---|---|---|---|---|")
+    print("| revision | model | index | gallery | p50 ms | p99 ms | queries/s, one client | queries/s, concurrent |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         print(
-            f"| {r['model']} | {r['index']} | {r['gallery']:,} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"| {r['revision']} | {r['model']} | {r['index']} | {r['gallery']:,} | {r['p50_ms']} | {r['p99_ms']} | "
             f"{r['qps_sequential']} | {r['qps_concurrent']} |"
         )
     if args.out:

@@ -46,6 +46,7 @@ WRITERS = {
     "cli/export.py": "`embedlab export` streams large files block by block",
     "cli/results.py": "`embedlab results collect` copies a run into a results folder",
     "cli/__init__.py": "the command line writes what its user asks for",
+    "serve/sources.py": "`serve --rev` copies a revision's outputs, read through DVC, into DVC's scratch folder",
     "cli/reference.py": "`python -m embedlab.cli.reference` rewrites the generated part of docs/parameters.md",
 }
 

@@ -3,6 +3,7 @@
 embedlab search photo.jpg --model densenet121 --k 5 --out collage.png
 embedlab search a.png b.jpg --model resnet50 --json
 embedlab serve --port 8000                      # web page + JSON API over every model
+embedlab serve --rev HEAD --rev my-exp          # two revisions side by side, read through DVC
 embedlab export --model stack --format parquet --out stack.parquet
 embedlab results table results/cifar10
 embedlab experiments                            # dvc exp show, narrowed to changed params and each model's mAP@k
@@ -59,8 +60,9 @@ def _search(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from embedlab.serve.app import serve
+    from embedlab.serve.sources import WORKSPACE
 
-    serve(Layout(), args.models, host=args.host, port=args.port, index=args.index)
+    serve(Path(), args.rev or [WORKSPACE], args.models, host=args.host, port=args.port, index=args.index)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -102,6 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     search.add_argument("--json", action="store_true", help="print JSON for scripts")
     search.set_defaults(run=_search)
     serve = commands.add_parser("serve", help="a web page and JSON API answering image queries with every model")
+    serve.add_argument(
+        "--rev",
+        action="append",
+        metavar="REV",
+        help="a commit, branch, tag or DVC experiment to serve side by side, its outputs read through DVC "
+        "(repeat it; 'workspace' is the working tree; default: the working tree only)",
+    )
     serve.add_argument("--models", nargs="+", help="models to load (default: every backbone and the stack)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="0 picks a free port (the URL printed says which)")

@@ -1,14 +1,8 @@
-"""The query engine behind ``embedlab serve``: models, galleries and images loaded once, and the batching loop.
-
-One worker thread owns TensorFlow and the indexes. Uploads that arrive while it is busy are embedded together as one
-batch (dynamic batching), so each backbone runs once per batch and throughput grows with load.
-"""
+"""The query engine behind ``embedlab serve`` for one source: its models, galleries and images, loaded once."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -192,57 +186,3 @@ def _in_lock(layout: Layout, model: str) -> bool | None:
     path = Layout().embeddings(model).as_posix()  # dvc.lock records paths relative to the repository root
     recorded = [out.get("md5") for out in outs if out.get("path") == path]
     return recorded[0] == md5sum(layout.embeddings(model)) if recorded else None
-
-
-class Batcher:
-    """Feeds the engine from one worker thread; uploads waiting together go through as one batch."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="embedlab-query")
-        self.queue: asyncio.Queue | None = None
-        self.task: asyncio.Task | None = None
-        self.batches = self.queries = 0
-
-    async def start(self) -> None:
-        """Start the batching loop (inside the server's event loop)."""
-        self.queue = asyncio.Queue()
-        self.task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        """Stop the loop and the worker thread."""
-        if self.task:
-            self.task.cancel()
-        self.worker.shutdown(wait=False, cancel_futures=True)
-
-    async def call(self, fn, *args):
-        """Run ``fn`` on the worker thread (in turn with the batches)."""
-        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
-
-    async def search_upload(self, image: np.ndarray, models: list[str], k: int) -> tuple[dict, int]:
-        """The upload's results and the size of the batch it went through."""
-        assert self.queue is not None, "Batcher.start() was not awaited"
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put(((image, models, k), future))
-        return await future
-
-    async def _run(self) -> None:
-        assert self.queue is not None
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.engine.params.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            batch = [(query, future) for query, future in batch if not future.done()]  # clients that gave up
-            if not batch:
-                continue
-            try:
-                answers = await self.call(self.engine.search_uploads, [query for query, _ in batch])
-            except Exception as err:  # a bug, not bad input: every waiting request gets the 500, the loop goes on
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-                continue
-            self.batches, self.queries = self.batches + 1, self.queries + len(batch)
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if not future.done():
-                    future.set_result((answer, len(batch)))

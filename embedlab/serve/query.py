@@ -9,6 +9,7 @@ images that set-up, not the network, would be the latency.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -19,6 +20,11 @@ from embedlab.embed.embeddings import EmbeddingSet, l2_normalize, producing_stag
 from embedlab.retrieval.index import build_index, search
 
 QUERY_CHUNK = 256  # images per forward pass: bounds memory for long query lists
+
+
+def _inference(model, images):
+    """A Keras model's forward pass in inference mode."""
+    return model(images, training=False)
 
 
 class QueryEmbedder:
@@ -38,7 +44,9 @@ class QueryEmbedder:
         for name in dict.fromkeys(needed):
             model = load_embedding_model(require_output(layout.model(name), f"train@{name}"))
             spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
-            self.forward[name] = tf.function(lambda x, model=model: model(x, training=False), input_signature=[spec])
+            # A partial, not a lambda: TensorFlow counts traces per code object, and one lambda for many models
+            # (several sources) reads to it as a function retraced on every call.
+            self.forward[name] = tf.function(partial(_inference, model), input_signature=[spec])
             self.width[name] = int(model.output_shape[-1])
 
     def backbone(self, name: str, images: np.ndarray) -> np.ndarray:

@@ -23,7 +23,6 @@ import requests
 import yaml
 from PIL import Image
 
-from embedlab.core.layout import Layout
 from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import EmbeddingSet
 
@@ -246,8 +245,8 @@ def test_a_mixed_burst_answers_each_query_with_its_own_k_and_models(
 
 @contextmanager
 def server_in_this_process(engine) -> Iterator[str]:
-    """The app over ``engine`` served by uvicorn on 127.0.0.1 from a thread of this process (so a test can reach
-    into the engine); yield its URL."""
+    """The app over ``engine`` (a Comparison) served by uvicorn on 127.0.0.1 from a thread of this process (so a test
+    can reach into the engine); yield its URL."""
     import threading
 
     import uvicorn
@@ -275,9 +274,9 @@ def test_an_engine_fault_answers_its_batch_with_500_and_the_server_goes_on(
 ) -> None:
     """A bug inside the engine (here: any batch holding a k=3 query raises) fails the requests of that batch with
     500 and no other; the batching loop keeps serving."""
-    from embedlab.serve.engine import Engine
+    from embedlab.serve.comparison import Comparison
 
-    engine = Engine(Layout(pipeline), ["mobilenetv2"])
+    engine = Comparison.load(pipeline, ["workspace"], ["mobilenetv2"], None)
     search, failed_batches = engine.search_uploads, []
 
     def faulty(queries: list) -> list:
