@@ -150,9 +150,10 @@ class Comparison:
             engine = Engine(layout, self.models, self.index)
         except UserError as err:  # the working tree's own messages already say where; a revision's name its source
             raise SourceError(str(err) if name == WORKSPACE else f"{name}: {err}") from None
-        self.sources[name] = _read_source(revision, layout, engine)
+        source = _read_source(revision, layout, engine)
+        self.sources = {**self.sources, name: source}  # swapped whole: requests iterate it from other threads
         self.failures.pop(name, None)
-        return self.sources[name]
+        return source
 
     def _check_dataset(self, name: str, layout: Layout) -> None:
         """Refuse a source whose prepared images are not the reference's, before its models are loaded for images
@@ -171,7 +172,7 @@ class Comparison:
             raise InvalidQuery(f"unknown source {name!r}; this server has {', '.join(self.sources)}")
         if len(self.sources) == 1:
             raise InvalidQuery(f"{name} is the only source; add another before removing it")
-        del self.sources[name]
+        self.sources = {key: source for key, source in self.sources.items() if key != name}
 
     # -- what the page shows -------------------------------------------------------------------------------------
     def describe(self) -> dict:
