@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from weakref import WeakValueDictionary
 
 import numpy as np
 
 from embedlab.core.errors import UserError, require_output
+from embedlab.core.files import md5sum
 from embedlab.core.layout import STACK, Layout
 from embedlab.core.params import FaissParams
 from embedlab.embed.embeddings import EmbeddingSet, l2_normalize, producing_stage
@@ -27,27 +30,49 @@ def _inference(model, images):
     return model(images, training=False)
 
 
+class LoadedBackbone:
+    """A trained backbone ready to embed: its compiled forward pass and its embedding width."""
+
+    def __init__(self, path: Path) -> None:
+        import tensorflow as tf
+
+        from embedlab.models.io import load_embedding_model
+
+        model = load_embedding_model(path)
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
+        # A partial, not a lambda: TensorFlow counts traces per code object, and one lambda for many models
+        # (several sources) reads to it as a function retraced on every call.
+        self.forward = tf.function(partial(_inference, model), input_signature=[spec])
+        self.width = int(model.output_shape[-1])
+
+
+# One loaded backbone per distinct model file, by content, while some embedder uses it: revisions that share a
+# trained model (an experiment that retrained another backbone) share its weights and its traced graph.
+_LOADED: WeakValueDictionary[str, LoadedBackbone] = WeakValueDictionary()
+
+
+def load_backbone(path: Path, stage: str) -> LoadedBackbone:
+    """The backbone saved at ``path`` (made by ``stage``), loaded once per process for the same file content."""
+    key = md5sum(require_output(path, stage))
+    loaded = _LOADED.get(key)
+    if loaded is None:
+        loaded = _LOADED[key] = LoadedBackbone(path)
+    return loaded
+
+
 class QueryEmbedder:
     """The trained backbones a set of models needs (the stack needs all of its base backbones) and the stacker,
     loaded once; embeds uint8 images of the prepared size the way ``embed`` did (``embed.flip_average``)."""
 
     def __init__(self, layout: Layout, models: list[str], flip_average: bool) -> None:
-        import tensorflow as tf
-
-        from embedlab.models.io import load_embedding_model
         from embedlab.stack.stacker import Stacker
 
         self.flip_average = flip_average
         self.stacker = Stacker.load(require_output(layout.stacker, STACK)) if STACK in models else None
         needed = [m for m in models if m != STACK] + (self.stacker.backbones if self.stacker else [])
-        self.forward, self.width = {}, {}
-        for name in dict.fromkeys(needed):
-            model = load_embedding_model(require_output(layout.model(name), f"train@{name}"))
-            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
-            # A partial, not a lambda: TensorFlow counts traces per code object, and one lambda for many models
-            # (several sources) reads to it as a function retraced on every call.
-            self.forward[name] = tf.function(partial(_inference, model), input_signature=[spec])
-            self.width[name] = int(model.output_shape[-1])
+        self.loaded = {name: load_backbone(layout.model(name), f"train@{name}") for name in dict.fromkeys(needed)}
+        self.forward = {name: loaded.forward for name, loaded in self.loaded.items()}
+        self.width = {name: loaded.width for name, loaded in self.loaded.items()}
 
     def backbone(self, name: str, images: np.ndarray) -> np.ndarray:
         """One backbone's embeddings of ``images`` (uint8, ``(n, S, S, 3)``)."""

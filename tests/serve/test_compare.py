@@ -204,6 +204,19 @@ def test_the_map_is_the_cluster_stage_output_of_that_revision(compared: tuple[st
     )
 
 
+def test_revisions_share_a_backbone_they_both_trained_alike(compared: tuple[str, Path], revisions: Revisions) -> None:
+    """The experiment retrained smallnet only: its mobilenetv2 file is HEAD's, so one loaded model serves both.
+    (In a process of its own, as the server would be: TensorFlow stays out of this one's captured output.)"""
+    code = (
+        "import sys; from pathlib import Path; from embedlab.serve.comparison import Comparison; "
+        "c = Comparison.load(Path('.'), ['HEAD', sys.argv[1]], None, None); "
+        "head, exp = (c.sources[name].engine.embedder.loaded for name in ('HEAD', sys.argv[1])); "
+        "print('shared:', head['mobilenetv2'] is exp['mobilenetv2'], head['smallnet'] is exp['smallnet'])"
+    )
+    printed = run([sys.executable, "-c", code, EXPERIMENT], revisions.repo).stdout.splitlines()[-1]
+    assert printed == "shared: True False"
+
+
 def test_no_source_loaded_is_one_error_line(revisions: Revisions) -> None:
     cmd = [sys.executable, "-m", "embedlab.cli", "serve", "--port", "0", "--rev", "nope", "--rev", "HEAD~1"]
     failed = run(cmd, revisions.repo, check=False)
