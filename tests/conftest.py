@@ -12,9 +12,11 @@ import sys
 import tarfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,6 +33,37 @@ def missing_tool(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
+
+
+def chromium() -> str:
+    """Chromium's executable, found as Debian, Ubuntu or Chrome name it; missing, a missing tool."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        missing_tool("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    return str(found)
+
+
+@contextmanager
+def chromium_page(url: str, width: int, height: int) -> Iterator[tuple[Any, Any, list[str]]]:
+    """Headless Chromium driven by playwright, with ``url`` open: yields the browser context (for more pages), the
+    page, and the list every failed request or 4xx/5xx response of the context's pages is added to."""
+    browser = chromium()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing_tool("playwright is not installed: pip install -e '.[dev]'")
+    failed: list[str] = []
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=browser, args=["--no-sandbox"])
+        context = launched.new_context(viewport={"width": width, "height": height})
+        context.on("requestfailed", lambda request: failed.append(request.url))
+        context.on("response", lambda response: response.status >= 400 and failed.append(response.url))
+        page = context.new_page()
+        page.goto(url)
+        try:
+            yield context, page, failed
+        finally:
+            launched.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from .conftest import missing_tool
+from .conftest import chromium, missing_tool
 
 
 def test_missing_tool_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,3 +21,11 @@ def test_missing_tool_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(BaseException) as outcome:
         missing_tool("sshd is missing")
     assert outcome.type is pytest.skip.Exception and "sshd is missing" in str(outcome.value)
+
+
+def test_a_missing_chromium_fails_the_browser_tests_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(BaseException) as outcome:
+        chromium()
+    assert outcome.type is pytest.fail.Exception and "Chromium is not installed" in str(outcome.value)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, dvc, missing_tool
+from ..conftest import REPO, chromium, dvc, missing_tool
 
 pytestmark = pytest.mark.slow
 
@@ -60,10 +59,6 @@ window.addEventListener("load", async () => {
 """
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def _offline_page(report: Path) -> Path:
     html = (report / "index.html").read_text()
     for package, local in VEGA_FILES.items():
@@ -78,9 +73,7 @@ def _offline_page(report: Path) -> Path:
 
 @pytest.mark.browser
 def test_dvc_plots_show_renders_every_plot_in_chromium(pipeline: Path, tmp_path: Path) -> None:
-    browser = _chromium()
-    if browser is None:
-        missing_tool("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+    browser = chromium()
     missing = [str(VEGA_DIR / f) for f in VEGA_FILES.values() if not (VEGA_DIR / f).exists()]
     if missing:
         missing_tool(f"Vega scripts not found ({missing[0]}); fetch them as .ci/run does, or set EMBEDLAB_VEGA_DIR")

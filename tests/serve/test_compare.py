@@ -20,15 +20,15 @@ from PIL import Image
 
 from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import EmbeddingSet
+from embedlab.serve.sources import SCRATCH
 
-from ..conftest import REPO, dvc, missing_tool, run, set_params
+from ..conftest import REPO, chromium_page, dvc, run, set_params
 from .test_serve import png_of, running_server, upload
 
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "more-epochs"
 MODELS = ["mobilenetv2", "smallnet", "stack"]
-SCRATCH = Path(".dvc") / "tmp" / "embedlab-serve"
 
 
 @dataclass
@@ -230,24 +230,11 @@ def test_no_source_loaded_is_one_error_line(revisions: Revisions) -> None:
 def test_the_page_compares_revisions_and_its_map_queries_in_chromium(
     compared: tuple[str, Path], revisions: Revisions
 ) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        missing_tool("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing_tool("playwright is not installed: pip install -e '.[dev]'")
     url, _ = compared
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     rows_of = "document.querySelectorAll('.model-row').length"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=browser, args=["--no-sandbox"])
-        page = chromium.new_page(viewport={"width": 1600, "height": 1000})
-        failed: list[str] = []
-        page.on("requestfailed", lambda request: failed.append(request.url))
-        page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
-        page.goto(url)
+    with chromium_page(url, 1600, 1000) as (_, page, failed):
         page.wait_for_function("document.querySelectorAll('#map circle').length > 0")
         assert page.inner_text("#failed").count("not loaded:") == 3
         assert "backbones.smallnet.epochs" in page.inner_text("#diffs")
@@ -291,7 +278,6 @@ def test_the_page_compares_revisions_and_its_map_queries_in_chromium(
         page.click("#sources button.remove >> nth=2")
         page.wait_for_function("document.querySelectorAll('#sources input').length === 2")
         assert page.inner_text("#error") == ""
-        chromium.close()
     assert not failed, failed
     picture = np.asarray(Image.open(shot).convert("L"), np.float32)
     for box in boxes:  # each row is drawn: its thumbnails make the band far from a flat colour

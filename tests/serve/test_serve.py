@@ -26,7 +26,7 @@ from PIL import Image
 from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import EmbeddingSet
 
-from ..conftest import REPO, missing_tool, run
+from ..conftest import REPO, chromium_page, run
 
 pytestmark = pytest.mark.slow
 
@@ -327,25 +327,12 @@ def test_serve_errors_are_one_line(pipeline: Path, tmp_path: Path) -> None:
 
 @pytest.mark.browser
 def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepared: Prepared, tmp_path: Path) -> None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        missing_tool("Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing_tool("playwright is not installed: pip install -e '.[dev]'")
     row = int(prepared.split("test")[1])
     query = tmp_path / "query.png"
     query.write_bytes(png_of(prepared.images[row]))
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=browser, args=["--no-sandbox"])
-        page = chromium.new_page(viewport={"width": 1200, "height": 700})
-        failed: list[str] = []
-        page.on("requestfailed", lambda request: failed.append(request.url))
-        page.on("response", lambda response: response.status >= 400 and failed.append(response.url))
-        page.goto(server)
+    with chromium_page(server, 1200, 700) as (context, page, failed):
         page.wait_for_function("document.querySelectorAll('#models input').length === 3")
         page.set_input_files("#file", str(query))  # the file picker, as a user would
         page.wait_for_function(
@@ -367,14 +354,11 @@ def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepar
         page.wait_for_function(f"document.getElementById('query-caption').textContent === {json.dumps(clicked)}")
         page.wait_for_function("document.querySelectorAll('.model-row').length === 3")
         assert page.inner_text("#error") == ""
-        docs = chromium.new_page()  # the API docs draw offline: their scripts come from the server
-        docs.on("requestfailed", lambda request: failed.append(request.url))
-        docs.on("response", lambda response: response.status >= 400 and failed.append(response.url))
+        docs = context.new_page()  # the API docs draw offline: their scripts come from the server
         docs.goto(f"{server}/api/docs")
         docs.wait_for_selector(".swagger-ui .info .title")
         assert docs.inner_text(".swagger-ui .info .title").startswith("embedlab")
         page.wait_for_load_state("networkidle")
-        chromium.close()
     assert not failed, failed  # everything the page loads is served by embedlab, and loads
     picture = np.asarray(Image.open(shot).convert("L"), np.float32)
     for box in boxes:  # each row is drawn: its thumbnails make the band far from a flat colour
