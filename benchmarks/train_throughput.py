@@ -175,7 +175,7 @@ def worker(args: argparse.Namespace) -> dict:
         ).build()  # fmt: skip
         run.log.end()
     models, data = run.models, run.data
-    images = data.arrays["train"][0]
+    images = data.splits["train"][0]
     steps = (args.epochs + 1) * -(-len(images) // train_params.batch_size)
     compile_trainer(models.trainer, train_params, make_optimizer(train_params, train_params.lr, steps))
     dataset = data.train_dataset(np.arange(len(images)), run.augmentation)

@@ -31,12 +31,16 @@ def main() -> None:
         live_dir=paths.live(name),
     )
     result = trainer.run()
+    if not trainer.chief:  # a multi-worker cluster's other workers: the chief writes the outputs
+        trainer.checkpoints.discard()
+        print(f"train@{name}: worker finished; the chief wrote the outputs")
+        return
     save_embedding_model(result.embedding, paths.model(name))
     save_weights(result.trainer, paths.trainer_weights(name))
     write_json(paths.metrics("train", name), {k: v for k, v in result.metrics.items() if k in HEADLINE})
     write_json(paths.report("train", name), result.metrics)  # every figure: epochs, timings, CPU use
     save_figure(draw_curves(result.history, name), paths.plot("train", f"{name}_loss.png"))
-    trainer.discard_checkpoints()
+    trainer.checkpoints.discard()
     print(f"train@{name}: {result.metrics}")
 
 

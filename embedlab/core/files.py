@@ -4,10 +4,13 @@ Each writer fills a temporary sibling, flushes it to disk (``fsync``), renames i
 folder, so the rename itself is on disk: without the first sync a crash can leave an empty file under the final
 name, without the second the old file can come back. Files and folders get the modes the user's umask gives any new
 file (``mkstemp`` and ``mkdtemp`` alone make them private: 0600 and 0700), so teammates can read shared outputs.
+A writer killed part-way leaves only its temporary sibling, named with its process id; the next writer of the same
+target removes it.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -41,6 +44,37 @@ def _fsync_tree(root: Path) -> None:
         _fsync_path(folder)
 
 
+def _temporary_prefix(target: Path) -> str:
+    """The name every temporary sibling of ``target`` starts with: hidden, and naming the writing process, so a
+    later writer can tell a killed writer's leftovers (:func:`_sweep_leftovers`) from a live writer's files."""
+    _sweep_leftovers(target)
+    return f".{target.name}.{os.getpid()}."
+
+
+def _sweep_leftovers(target: Path) -> None:
+    """Remove the temporary siblings of ``target`` whose writer is gone (killed part-way): they are never an output,
+    but a dataset-sized one would otherwise stay on disk for good."""
+    prefix = f".{target.name}."
+    for sibling in target.parent.glob(f"{glob.escape(prefix)}*.tmp*"):
+        pid = sibling.name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _commit(tmp: str | Path, target: Path) -> None:
     """Rename the synced ``tmp`` over ``target``, then sync the folder so the rename survives a crash."""
     os.replace(tmp, target)
@@ -58,7 +92,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``target`` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
@@ -75,7 +109,7 @@ def atomic_file(target: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary sibling of ``target`` for writing; sync it and rename it into place on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
@@ -94,7 +128,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", suffix=f"-{target.name}", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=f".tmp-{target.name}", dir=target.parent)
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:

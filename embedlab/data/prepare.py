@@ -83,15 +83,20 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, params: DataParams) -> Pre
     rows = np.flatnonzero(splits != "")
     size = params.image_size
     with atomic_dir(out_dir) as tmp:
-        images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3)
-        )
-        # disable=None: the bar shows on a terminal and stays out of a log (a CI run, `dvc repro > log`)
-        resizing = tqdm(raw.images(rows), total=len(rows), desc="resizing", unit="img", leave=False, disable=None)
-        for i, image in enumerate(resizing):
-            images[i] = fit_to_square(image, size, params.fit)
-        images.flush()
-        del images
+        # Written row by row through a buffered file, not a memory map: a map keeps every page written in the
+        # process's resident memory until the kernel flushes it, so memory would grow with the dataset.
+        shape = (len(rows), size, size, 3)
+        with (tmp / "images.npy").open("wb") as images:
+            np.lib.format.write_array_header_1_0(
+                images,
+                {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape},
+            )
+            # disable=None: the bar shows on a terminal and stays out of a log (a CI run, `dvc repro > log`)
+            resizing = tqdm(raw.images(rows), total=len(rows), desc="resizing", unit="img", leave=False, disable=None)
+            for image in resizing:
+                pixels = fit_to_square(image, size, params.fit)
+                assert pixels.shape == shape[1:] and pixels.dtype == np.uint8, pixels.shape
+                images.write(np.ascontiguousarray(pixels).data)
         index = pd.DataFrame(
             {
                 "id": raw.index["id"].to_numpy()[rows],

@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from embedlab.data.prepared import Prepared
 
 
+# The raw-pixel baseline compares images at most this many pixels a side (the "tiny images" of Torralba et al.): its
+# vectors are a gallery evaluate holds in memory, 3,072 floats an image here against 150,528 at 224 px.
+RAW_PIXELS_MAX_SIDE = 32
+RAW_PIXELS_CHUNK = 4096  # images converted at a time
+
+
 def producing_stage(model: str) -> str:
     """The DVC stage that writes a model's embeddings (for "run `dvc repro …`" messages)."""
     return STACK if model == STACK else f"embed@{model}"
@@ -90,12 +96,22 @@ def _memmap_member(path: str | Path, member: str) -> np.ndarray:
 
 
 def raw_pixel_set(prepared: Prepared) -> EmbeddingSet:
-    """The baseline model: each prepared image flattened and L2-normalised."""
-    flat = np.asarray(prepared.images, dtype=np.float32).reshape(len(prepared.index), -1)
+    """The baseline model: each prepared image, box-averaged down to ``RAW_PIXELS_MAX_SIDE`` when larger, flattened
+    and L2-normalised; built a chunk of images at a time into one float32 array (one copy of the vectors in memory)."""
+    from PIL import Image
+
+    count, side = len(prepared.index), prepared.image_size
+    small = min(side, RAW_PIXELS_MAX_SIDE)
+    flat = np.empty((count, small * small * 3), np.float32)
+    for start in range(0, count, RAW_PIXELS_CHUNK):
+        chunk = prepared.images[start : start + RAW_PIXELS_CHUNK]
+        if small < side:
+            chunk = np.stack([np.asarray(Image.fromarray(image).resize((small, small), Image.BOX)) for image in chunk])
+        rows = flat[start : start + len(chunk)]
+        rows[:] = chunk.reshape(len(chunk), -1)
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     index = prepared.index
-    return EmbeddingSet(
-        l2_normalize(flat), index["id"].to_numpy(), prepared.labels, index["split"].to_numpy(), prepared.class_names
-    )
+    return EmbeddingSet(flat, index["id"].to_numpy(), prepared.labels, index["split"].to_numpy(), prepared.class_names)
 
 
 def load_sets(models: list[str], prepared: Prepared | None, layout: Layout) -> dict[str, EmbeddingSet]:

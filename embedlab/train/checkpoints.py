@@ -8,10 +8,13 @@ checkpoint intact (new files are unreferenced and swept next time), a kill after
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,6 +91,16 @@ class CheckpointStore:
         assert state.best_file, "no checkpoint saved yet"
         with np.load(self.folder / state.best_file) as best:
             return [best[f"arr_{i}"] for i in range(len(best.files))]
+
+    def for_worker(self, name: str) -> CheckpointStore:
+        """The store of a multi-worker cluster's other workers: a scratch copy of this one (the chief's), so every
+        worker resumes from the same state, then written into by that worker alone and removed when it exits: its
+        checkpoints are nobody's outputs."""
+        scratch = Path(tempfile.mkdtemp(prefix=f"embedlab-worker-{name}-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # also when the run fails
+        with contextlib.suppress(FileNotFoundError, shutil.Error):  # none yet, or a stale one the chief discards
+            shutil.copytree(self.folder, scratch / "work")
+        return CheckpointStore(scratch / "work")
 
     def discard(self) -> None:
         """The run finished: its outputs are written, the work folder goes."""

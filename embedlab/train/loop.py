@@ -31,7 +31,15 @@ import numpy as np
 
 from embedlab.core.errors import UserError
 from embedlab.core.params import AugmentParams, ModelParams, TrainParams
-from embedlab.models.devices import configure_determinism, make_strategy, set_mixed_precision
+from embedlab.models.devices import (
+    check_workers_agree,
+    configure_determinism,
+    is_chief,
+    make_strategy,
+    set_mixed_precision,
+    stopped_workers_named,
+    work_around_keras_multiworker,
+)
 from embedlab.train.batchnorm import BatchNormRecalibrator
 from embedlab.train.checkpoints import CheckpointStore, RunState, fingerprint, load_model_only
 from embedlab.train.data import TrainingData
@@ -107,22 +115,15 @@ class Trainer:
         self.checkpoints = CheckpointStore(Path(work_dir))
         self.live_dir = Path(live_dir)
         self.clock = StopWatch()
+        self.chief = True  # False on a multi-worker cluster's other workers, which write nothing in the repository
 
     def run(self) -> TrainResult:
         """Build; per phase, compile; per epoch, fit, recalibrate BatchNorm and validate, until the end or an early
         stop; then restore the best epoch and score it. A run with a checkpoint resumes after its last epoch."""
         started = time.perf_counter()
         run = self.build()
-        for phase in phases(self.train_params):
-            if run.state.stopped_early or run.state.epoch >= phase.end_epoch:
-                continue  # finished before this run resumed
-            callbacks = self._compile(run, phase)
-            recalibrate = BatchNormRecalibrator(run.models.trainer)
-            for epoch in range(max(phase.first_epoch, run.state.epoch), phase.end_epoch):
-                self._epoch(run, phase, epoch, recalibrate, callbacks)
-                if run.state.stopped_early:
-                    log.info("%s: early stop, no val_loss improvement for %d epochs", self.name, run.state.wait)
-                    break
+        with stopped_workers_named(self.name):
+            self._train(run)
         run.log.end()
         assert run.stopping.best_weights is not None, "training ran no epoch"
         run.models.trainer.set_weights(run.stopping.best_weights)
@@ -133,9 +134,18 @@ class Trainer:
         metrics = _report(run, self.clock, scores, wall=time.perf_counter() - started)
         return TrainResult(metrics, run.state.history, run.models.embedding, run.models.trainer)
 
-    def discard_checkpoints(self) -> None:
-        """The run's outputs are written: its resume checkpoints go."""
-        self.checkpoints.discard()
+    def _train(self, run: Run) -> None:
+        """Every phase's remaining epochs (stopping early when early stopping says so)."""
+        for phase in phases(self.train_params):
+            if run.state.stopped_early or run.state.epoch >= phase.end_epoch:
+                continue  # finished before this run resumed
+            callbacks = self._compile(run, phase)
+            recalibrate = BatchNormRecalibrator(run.models.trainer)
+            for epoch in range(max(phase.first_epoch, run.state.epoch), phase.end_epoch):
+                self._epoch(run, phase, epoch, recalibrate, callbacks)
+                if run.state.stopped_early:
+                    log.info("%s: early stop, no val_loss improvement for %d epochs", self.name, run.state.wait)
+                    return
 
     def build(self) -> Run:
         """Seeds, dtype policy, data, the resumable state, and the models with their first weights (every one of
@@ -145,13 +155,18 @@ class Trainer:
         from embedlab.models.smallnet import apply_init_options
 
         train, model_params = self.train_params, self.model_params
+        strategy = make_strategy(train.strategy)  # first: a multi-worker cluster must be joined before any TF op
+        if not is_chief(strategy):  # the same steps as the chief (every collective needs all workers), into scratch
+            self.chief = False
+            self.checkpoints = self.checkpoints.for_worker(self.name)
+            self.live_dir = self.checkpoints.folder.parent / "live"
         configure_determinism(train.seed)
         policy = set_mixed_precision(train.mixed_precision)
         data = TrainingData.load(self.prepared_dir, train)
         # The checkpoint is only valid for the same data: the index (ids, splits) and how the images were made.
         parts = (model_params.model_dump(), train.model_dump(), self.augment.model_dump(), data.stamp)
         state = self.checkpoints.load(fingerprint(self.name, *parts))
-        strategy = make_strategy(train.strategy)
+        check_workers_agree(strategy, state.epoch, self.name)
         pretrained = model_params.weights is not None
         with strategy.scope():
             models = build_models(
@@ -168,7 +183,7 @@ class Trainer:
                 logit_scale=model_params.logit_scale,
                 bn_scale=model_params.bn_scale,
             )
-        apply_init_options(models, model_params, data.arrays["train"][0], seed=train.seed)
+        apply_init_options(models, model_params, data.splits["train"][0], seed=train.seed)
         best = self.checkpoints.best_weights(state) if state.best_file else None
         augmentation = build_augmentation(self.augment, seed=train.seed)
         stopping = EarlyStopping(state, train.patience, best)
@@ -184,6 +199,7 @@ class Trainer:
             total_steps = (phase.end_epoch - phase.first_epoch) * math.ceil(run.data.train_size / train.batch_size)
             optimizer = make_optimizer(train, phase.lr, total_steps, batchnorm_shift_paths(models.trainer))
             compile_trainer(models.trainer, train, optimizer)
+            work_around_keras_multiworker(models.trainer, run.strategy, next(iter(run.data.dataset("val"))))
             if state.epoch > phase.first_epoch:  # resume mid-phase: weights and optimizer state of the checkpoint
                 models.trainer.optimizer.build(models.trainer.trainable_variables)
                 models.trainer.load_weights(self.checkpoints.weights_path(state))

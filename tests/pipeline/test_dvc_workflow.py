@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import ast
-import getpass
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +19,7 @@ from embedlab.data.prepared import Prepared
 from embedlab.embed.embeddings import raw_pixel_set
 from embedlab.retrieval.evaluation import evaluate_model
 
-from ..conftest import REPO, TINY_BACKBONES, copy_repo, dvc, missing_tool, run, set_params
+from ..conftest import REPO, TINY_BACKBONES, copy_repo, dvc, run, set_params
 
 
 def _copy(pipeline: Path, dest: Path) -> Path:
@@ -312,45 +306,6 @@ def test_local_remote_pull_only_embeddings_and_detect_corruption(pipeline: Path,
     pulled = dvc("pull", "embed", cwd=clone, check=False)
     assert pulled.returncode != 0
     assert not (clone / "data" / "embeddings" / "mobilenetv2.npz").exists()
-
-
-@pytest.fixture
-def sshd(tmp_path: Path):
-    """A real OpenSSH server on 127.0.0.1 with a throwaway host key and a throwaway client key."""
-    binary = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(binary) or not shutil.which("ssh-keygen"):
-        missing_tool("OpenSSH server not installed (Debian: apt-get install openssh-server); .ci/run installs it")
-    keys = tmp_path / "ssh"
-    keys.mkdir()
-    for name in ("host_key", "client_key"):
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], keys)
-    shutil.copy(keys / "client_key.pub", keys / "authorized_keys")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = keys / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\n"
-        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile {keys / 'sshd.pid'}\nStrictModes no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
-    )
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
-    server = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        with socket.socket() as client:
-            if client.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if server.poll() is not None:
-            pytest.fail(f"sshd did not start: {server.stderr.read()}")
-        time.sleep(0.2)
-    try:
-        yield {"port": port, "user": getpass.getuser(), "key": keys / "client_key"}
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
 
 
 def test_ssh_remote_pull_only_embeddings_and_detect_corruption(pipeline: Path, tmp_path: Path, sshd: dict) -> None:

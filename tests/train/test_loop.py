@@ -317,16 +317,16 @@ def test_the_training_budget_cuts_the_train_split_only(workdir: Path) -> None:
 
     prepared = Prepared.open(workdir / "data" / "prepared")
     data = TrainingData.load(workdir / "data" / "prepared", TrainParams(max_per_class=3))
-    train_images, train_labels = data.arrays["train"]
+    train_images, train_labels = data.splits["train"]
     assert np.bincount(train_labels).tolist() == [3] * 10 and data.train_size == 30
     for split in ("val", "test"):
-        images, labels = data.arrays[split]
+        images, labels = data.splits[split]
         rows = prepared.split(split)
         np.testing.assert_array_equal(images, prepared.images[rows])
         np.testing.assert_array_equal(labels, prepared.labels[rows])
     everything = TrainingData.load(workdir / "data" / "prepared", TrainParams())
     assert everything.train_size == len(prepared.split("train")) > 30
-    train_rows = [bytes(image) for image in everything.arrays["train"][0]]
+    train_rows = [bytes(image) for image in everything.splits["train"][0]]
     assert all(bytes(image) in train_rows for image in train_images)  # the subset is drawn from the train split
 
 
@@ -420,13 +420,18 @@ def test_train_seed_decides_every_initial_weight(workdir: Path, tmp_path: Path, 
     assert len(random) >= 4 and all(not np.array_equal(a, c) for a, c in random)
 
 
-def test_one_training_pipeline_serves_every_epochs_order() -> None:
+@pytest.mark.parametrize("stored", ["file", "array"])
+def test_one_training_pipeline_serves_every_epochs_order(stored: str, tmp_path: Path) -> None:
+    """The batches are the order's rows, read from the prepared file (the stage) or an array (tests) alike."""
     from embedlab.core.params import TrainParams
+    from embedlab.data.prepared import ImageRows
     from embedlab.train.data import TrainingData
 
     images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # image i is all i
     labels = np.arange(10) % 3
-    data = TrainingData({"train": (images, labels)}, 3, 2, [], TrainParams(batch_size=4))
+    np.save(tmp_path / "images.npy", images)
+    source = ImageRows(tmp_path / "images.npy") if stored == "file" else images
+    data = TrainingData({"train": (source, labels)}, 3, 2, [], TrainParams(batch_size=4))
     pipelines = []
     # two shuffles, then an order of another length (a triplet loss's class-balanced order repeats images)
     for order in (*(np.random.default_rng(epoch).permutation(10) for epoch in range(2)), np.arange(12) % 7):
