@@ -7,6 +7,8 @@
   ``cudart_stub.cc``) are printed through Abseil before that setting is read, on every import. They are filtered
   out of stderr while ``tensorflow`` is first imported; any other line printed then still reaches stderr.
   ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything again.
+- **Forward passes sized by pixels.** Embedding and scoring batches are cut to a pixel budget
+  (:func:`forward_batch_size`), so large images do not multiply activation memory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ _STARTUP_NOISE = re.compile(
 
 # CPU features that decide which TensorFlow/oneDNN kernels run (and so speed and rounding).
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+# A forward pass without gradients (embedding, scoring) holds at most this many pixels: activation memory grows with
+# a batch's pixels, and at 224 px a 256-image batch of smallnet took 8.6 GB (benchmarks/cost_curve.py). 256 images
+# of 64 px, so 32 and 64 px data keep the batch sizes asked for.
+FORWARD_BATCH_PIXELS = 256 * 64 * 64
+
+
+def forward_batch_size(requested: int, side: int) -> int:
+    """Images per forward pass of ``side``-pixel images: ``requested``, fewer where it would exceed the pixel budget."""
+    return max(1, min(requested, FORWARD_BATCH_PIXELS // (side * side)))
 
 
 def configure_tensorflow_environment() -> None:

@@ -134,16 +134,21 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
 def embed_images(
     model, images: np.ndarray, *, batch_size: int = 256, progress: bool = True, flip_average: bool = False
 ) -> np.ndarray:
-    """Embed uint8 images (a memory map is fine) in batches; with ``flip_average`` (``embed.flip_average``), the
-    normalised mean of the image's and its left-right mirror's embeddings.
+    """Embed uint8 images (an array, or :class:`~embedlab.data.prepared.ImageRows` read as needed) in batches of
+    ``batch_size`` (fewer for large images: :func:`~embedlab.models.devices.forward_batch_size`); with
+    ``flip_average`` (``embed.flip_average``), the normalised mean of the image's and its left-right mirror's
+    embeddings.
 
-    A tf.data pipeline reads the next slice of the memory map while the current batch runs, and Keras' own
-    compiled predict loop does the forward pass (it beat a hand-written ``tf.function`` loop by ~2x on CPU), so
-    memory stays at one batch of pixels however large the dataset.
+    A tf.data pipeline reads the next batch while the current one runs, and Keras' own compiled predict loop does the
+    forward pass (it beat a hand-written ``tf.function`` loop by ~2x on CPU), so memory stays at one batch of pixels
+    however large the dataset.
     """
     import tensorflow as tf
 
+    from embedlab.core.runtime import forward_batch_size
+
     count = len(images)
+    batch_size = forward_batch_size(batch_size, images.shape[1])
     # A bar redrawn in place on a terminal; in a log (CI, `dvc repro > log`) one line when the pass is done.
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
     if count == 0:

@@ -139,10 +139,14 @@ class TrainingData:
 
     def _make(self, images: ImageRows | np.ndarray, labels: np.ndarray, mirror: bool = False):
         """Unaugmented batches of ``images`` (mirrored, with ``mirror``), in order, for scoring:
-        ``EVAL_BATCH_FACTOR`` training batches at once, capped at ``EVAL_BATCH_IMAGES``."""
+        ``EVAL_BATCH_FACTOR`` training batches at once, capped at ``EVAL_BATCH_IMAGES`` and at the forward pixel
+        budget (never below one training batch)."""
         import tensorflow as tf
 
+        from embedlab.core.runtime import forward_batch_size
+
         batch = max(self.train.batch_size, min(EVAL_BATCH_FACTOR * self.train.batch_size, EVAL_BATCH_IMAGES))
+        batch = max(forward_batch_size(batch, self.image_size), min(batch, self.train.batch_size))
 
         def read(start: np.int64) -> tuple[np.ndarray, np.ndarray]:
             pixels = images[start : start + batch]
