@@ -10,8 +10,8 @@ server, after the queries), so it counts every page the process touched, file-ba
     python benchmarks/cost_curve.py --points 10000@64      # one point
     python benchmarks/cost_curve.py --plot-only            # redraw the picture from the results file
 
-Each point needs its images on disk once (about 2 KB each at 64 px) in ``--work`` (kept between runs: a point that
-finished is not run again unless ``--again``).
+Each point needs its images on disk once (about 4 KB each at 64 px) in ``--work``, kept between runs: a point that
+finished is not run again unless ``--again``, and one stopped part-way goes on from its next stage.
 """
 
 from __future__ import annotations
@@ -165,20 +165,27 @@ def measure_serve(workspace: Path, queries: int = 50) -> dict:
     }
 
 
-def run_point(work: Path, count: int, size: int) -> dict:
-    """Every stage on ``count`` generated images at ``size`` px, in a fresh workspace."""
+def run_point(work: Path, count: int, size: int, again: bool = False) -> dict:
+    """Every stage on ``count`` generated images at ``size`` px (``again``: from the first stage, in a fresh
+    workspace)."""
     images = work / f"images-{count}-{size}"
     began = time.perf_counter()
     generate_folder(images, count, size)
     print(f"{count} images at {size} px: generated in {time.perf_counter() - began:.0f} s", flush=True)
-    workspace = work / f"run-{count}-{size}"
-    shutil.rmtree(workspace, ignore_errors=True)
-    workspace.mkdir(parents=True)
-    stages: dict[str, dict] = {}
+    # A point's stages are recorded as each finishes, so a run stopped part-way (the 200,000-image point takes about
+    # two hours on 2 cores) goes on from the next stage when started again.
+    workspace, progress = work / f"run-{count}-{size}", work / f"run-{count}-{size}" / "progress.json"
+    stages: dict[str, dict] = json.loads(progress.read_text()) if progress.exists() and not again else {}
+    if not stages:
+        shutil.rmtree(workspace, ignore_errors=True)
+        workspace.mkdir(parents=True)
     for name, argv in STAGES:
+        if name in stages:
+            continue
         index = "faiss" if "faiss" in name else "exact"
         (workspace / "params.yaml").write_text(yaml.safe_dump(params_for(images, size, index), sort_keys=False))
         stages[name] = run_stage(workspace, argv)
+        write_json(progress, stages)
         print(f"  {name:<18} {stages[name]}", flush=True)
     stages["serve"] = measure_serve(workspace)
     print(f"  {'serve':<18} {stages['serve']}", flush=True)
@@ -188,7 +195,7 @@ def run_point(work: Path, count: int, size: int) -> dict:
     return {
         "images": count,
         "image_size": size,
-        "splits": {k: v for k, v in prepared.items() if k in ("train", "val", "test")} or prepared,
+        "splits": prepared["images"],
         "train_images": report["train_images"],
         "train_images_per_second": report["train_images_per_second"],
         "smallnet_map@5": retrieval["map@5"],
@@ -201,13 +208,14 @@ def draw(results: dict, path: Path) -> None:
     """Two panels: seconds and peak RSS per stage against the number of images (64 px), log-log; the 224 px point
     as open markers."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.6))
     points = results["points"]
-    names = list(points[0]["stages"])
+    names = [name for name, _ in STAGES if name in points[0]["stages"]] + ["serve"]
     for i, name in enumerate(names):
         colour = f"C{i}"
         for size, marker, fill in ((64, "o", colour), (224, "s", "none")):
@@ -230,7 +238,10 @@ def draw(results: dict, path: Path) -> None:
     time_axis.set(xscale="log", yscale="log", xlabel="images", ylabel="wall seconds", title="time per stage")
     memory_axis.set(xscale="log", xlabel="images", ylabel="peak RSS, MB", title="peak resident memory per stage")
     time_axis.legend(fontsize=8)
+    sizes = sorted({p["images"] for p in points})
     for axis in (time_axis, memory_axis):
+        axis.set_xticks(sizes, [f"{size // 1000:,}k" for size in sizes])
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         axis.grid(True, which="both", alpha=0.3)
     cpu = points[-1]["cpu"]
     figure.suptitle(f"filled: 64 px, open squares: 224 px · {cpu['cpu']} · {' '.join(cpu['flags'])}", fontsize=8)
@@ -253,7 +264,7 @@ def main() -> None:
             done = [p for p in results["points"] if (p["images"], p["image_size"]) == (count, size)]
             if done and not args.again:
                 continue
-            measured = run_point(args.work, count, size)
+            measured = run_point(args.work, count, size, again=args.again)
             results["points"] = [p for p in results["points"] if p not in done] + [measured]
             results["points"].sort(key=lambda p: (p["image_size"], p["images"]))
             write_json(args.out, results)

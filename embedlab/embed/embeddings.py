@@ -135,7 +135,7 @@ def embed_images(
     model, images: np.ndarray, *, batch_size: int = 256, progress: bool = True, flip_average: bool = False
 ) -> np.ndarray:
     """Embed uint8 images (an array, or :class:`~embedlab.data.prepared.ImageRows` read as needed) in batches of
-    ``batch_size`` (fewer for large images: :func:`~embedlab.models.devices.forward_batch_size`); with
+    ``batch_size`` (fewer for large images: :func:`~embedlab.core.runtime.forward_batch_size`); with
     ``flip_average`` (``embed.flip_average``), the normalised mean of the image's and its left-right mirror's
     embeddings.
 

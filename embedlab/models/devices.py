@@ -97,13 +97,14 @@ def stopped_workers_named(name: str) -> Iterator[None]:
         ) from error
 
 
-def work_around_keras_multiworker(model, strategy, sample_batch) -> None:
+def work_around_keras_multiworker(model, strategy, dataset) -> None:
     """Let ``model`` fit and evaluate under ``MultiWorkerMirroredStrategy`` in Keras 3.15, whose multi-worker path
     fails twice (keras-team/keras#20585, open):
 
     * before each ``fit``/``evaluate`` it reduces one distributed input batch with ``strategy.reduce`` over the
       batch's nested structure, which the collective strategy rejects ("Attempt to convert a value (PerReplica ...)
-      to a Tensor"), only to build the metrics and the optimizer: they are built from one local batch instead;
+      to a Tensor"), only to build the metrics and the optimizer: they are built from one local batch of ``dataset``
+      instead;
     * it averages each step's scalar loss and metrics across workers along axis 0, which a scalar does not have
       ("Invalid reduction dimension 0"): scalars are averaged whole, so every worker sees the same values and takes
       the same early-stopping decision.
@@ -114,6 +115,7 @@ def work_around_keras_multiworker(model, strategy, sample_batch) -> None:
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return
+    sample_batch = next(iter(dataset))
 
     def build(iterator=None, data_batch=None) -> None:
         with strategy.scope():

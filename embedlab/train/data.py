@@ -146,7 +146,7 @@ class TrainingData:
         from embedlab.core.runtime import forward_batch_size
 
         batch = max(self.train.batch_size, min(EVAL_BATCH_FACTOR * self.train.batch_size, EVAL_BATCH_IMAGES))
-        batch = max(forward_batch_size(batch, self.image_size), min(batch, self.train.batch_size))
+        batch = max(forward_batch_size(batch, self.image_size), self.train.batch_size)
 
         def read(start: np.int64) -> tuple[np.ndarray, np.ndarray]:
             pixels = images[start : start + batch]

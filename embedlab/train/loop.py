@@ -123,7 +123,16 @@ class Trainer:
         started = time.perf_counter()
         run = self.build()
         with stopped_workers_named(self.name):
-            self._train(run)
+            for phase in phases(self.train_params):
+                if run.state.stopped_early or run.state.epoch >= phase.end_epoch:
+                    continue  # finished before this run resumed
+                callbacks = self._compile(run, phase)
+                recalibrate = BatchNormRecalibrator(run.models.trainer)
+                for epoch in range(max(phase.first_epoch, run.state.epoch), phase.end_epoch):
+                    self._epoch(run, phase, epoch, recalibrate, callbacks)
+                    if run.state.stopped_early:
+                        log.info("%s: early stop, no val_loss improvement for %d epochs", self.name, run.state.wait)
+                        break
         run.log.end()
         assert run.stopping.best_weights is not None, "training ran no epoch"
         run.models.trainer.set_weights(run.stopping.best_weights)
@@ -133,19 +142,6 @@ class Trainer:
                 scores["test_flip_averaged"] = run.data.flip_averaged_accuracy(run.models.trainer, "test")
         metrics = _report(run, self.clock, scores, wall=time.perf_counter() - started)
         return TrainResult(metrics, run.state.history, run.models.embedding, run.models.trainer)
-
-    def _train(self, run: Run) -> None:
-        """Every phase's remaining epochs (stopping early when early stopping says so)."""
-        for phase in phases(self.train_params):
-            if run.state.stopped_early or run.state.epoch >= phase.end_epoch:
-                continue  # finished before this run resumed
-            callbacks = self._compile(run, phase)
-            recalibrate = BatchNormRecalibrator(run.models.trainer)
-            for epoch in range(max(phase.first_epoch, run.state.epoch), phase.end_epoch):
-                self._epoch(run, phase, epoch, recalibrate, callbacks)
-                if run.state.stopped_early:
-                    log.info("%s: early stop, no val_loss improvement for %d epochs", self.name, run.state.wait)
-                    return
 
     def build(self) -> Run:
         """Seeds, dtype policy, data, the resumable state, and the models with their first weights (every one of
@@ -199,7 +195,7 @@ class Trainer:
             total_steps = (phase.end_epoch - phase.first_epoch) * math.ceil(run.data.train_size / train.batch_size)
             optimizer = make_optimizer(train, phase.lr, total_steps, batchnorm_shift_paths(models.trainer))
             compile_trainer(models.trainer, train, optimizer)
-            work_around_keras_multiworker(models.trainer, run.strategy, next(iter(run.data.dataset("val"))))
+            work_around_keras_multiworker(models.trainer, run.strategy, run.data.dataset("val"))
             if state.epoch > phase.first_epoch:  # resume mid-phase: weights and optimizer state of the checkpoint
                 models.trainer.optimizer.build(models.trainer.trainable_variables)
                 models.trainer.load_weights(self.checkpoints.weights_path(state))
