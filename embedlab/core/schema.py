@@ -243,7 +243,7 @@ class EmbedParams(_Section):
     """embed each image and its left-right mirror, average, L2-normalise; `embedlab search` embeds queries the same way.
     Off for digits (a mirrored digit is another symbol), on in the CIFAR-10 recipe ([CIFAR-10](cifar10.md))"""
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
-    """images per forward pass"""
+    """images per forward pass (fewer above 64 px: at most 256 × 64 × 64 pixels a pass)"""
 
 
 class FaissParams(_Section):
