@@ -165,9 +165,9 @@ def measure_serve(workspace: Path, queries: int = 50) -> dict:
     }
 
 
-def run_point(work: Path, count: int, size: int, again: bool = False) -> dict:
+def run_point(work: Path, count: int, size: int, record, again: bool = False) -> None:
     """Every stage on ``count`` generated images at ``size`` px (``again``: from the first stage, in a fresh
-    workspace)."""
+    workspace), handing ``record`` the point as it stands after each stage (``complete`` once all have run)."""
     images = work / f"images-{count}-{size}"
     began = time.perf_counter()
     generate_folder(images, count, size)
@@ -179,6 +179,7 @@ def run_point(work: Path, count: int, size: int, again: bool = False) -> dict:
     if not stages:
         shutil.rmtree(workspace, ignore_errors=True)
         workspace.mkdir(parents=True)
+    point = {"images": count, "image_size": size, "complete": False, "stages": stages, "cpu": cpu_description()}
     for name, argv in STAGES:
         if name in stages:
             continue
@@ -186,27 +187,24 @@ def run_point(work: Path, count: int, size: int, again: bool = False) -> dict:
         (workspace / "params.yaml").write_text(yaml.safe_dump(params_for(images, size, index), sort_keys=False))
         stages[name] = run_stage(workspace, argv)
         write_json(progress, stages)
+        record(point)
         print(f"  {name:<18} {stages[name]}", flush=True)
     stages["serve"] = measure_serve(workspace)
     print(f"  {'serve':<18} {stages['serve']}", flush=True)
-    prepared = json.loads((workspace / "reports" / "data.json").read_text())
     report = json.loads((workspace / "reports" / "train" / "smallnet.json").read_text())
-    retrieval = json.loads((workspace / "metrics" / "retrieval" / "smallnet.json").read_text())
-    return {
-        "images": count,
-        "image_size": size,
-        "splits": prepared["images"],
-        "train_images": report["train_images"],
-        "train_images_per_second": report["train_images_per_second"],
-        "smallnet_map@5": retrieval["map@5"],
-        "stages": stages,
-        "cpu": cpu_description(),
-    }
+    point.update(
+        complete=True,
+        splits=json.loads((workspace / "reports" / "data.json").read_text())["images"],
+        train_images=report["train_images"],
+        train_images_per_second=report["train_images_per_second"],
+        **{"smallnet_map@5": json.loads((workspace / "metrics" / "retrieval" / "smallnet.json").read_text())["map@5"]},
+    )
+    record(point)
 
 
 def draw(results: dict, path: Path) -> None:
     """Two panels: seconds and peak RSS per stage against the number of images (64 px), log-log; the 224 px point
-    as open markers."""
+    as open markers; a point still running shows the stages it has finished."""
     import matplotlib
     import matplotlib.ticker
 
@@ -215,15 +213,15 @@ def draw(results: dict, path: Path) -> None:
 
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.6))
     points = results["points"]
-    names = [name for name, _ in STAGES if name in points[0]["stages"]] + ["serve"]
+    names = [name for name, _ in STAGES] + ["serve"]
     for i, name in enumerate(names):
         colour = f"C{i}"
         for size, marker, fill in ((64, "o", colour), (224, "s", "none")):
-            chosen = sorted((p for p in points if p["image_size"] == size), key=lambda p: p["images"])
-            if not chosen:
-                continue
-            x = [p["images"] for p in chosen]
-            label = name if size == 64 else None
+            # a point still running lacks its later stages
+            chosen = sorted(
+                (p for p in points if p["image_size"] == size and name in p["stages"]), key=lambda p: p["images"]
+            )
+            x, label = [p["images"] for p in chosen], (name if size == 64 else None)
             for axis, key in ((time_axis, "seconds"), (memory_axis, "peak_rss_mb")):
                 y = [p["stages"][name][key] for p in chosen]
                 axis.plot(
@@ -258,16 +256,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else {"points": []}
+
+    def record(point: dict) -> None:
+        """Put ``point`` in the results file in place of any earlier one of the same size, and redraw."""
+        key = (point["images"], point["image_size"])
+        others = [p for p in results["points"] if (p["images"], p["image_size"]) != key]
+        results["points"] = sorted([*others, point], key=lambda p: (p["image_size"], p["images"]))
+        write_json(args.out, results)
+        draw(results, args.out.with_suffix(".png"))
+
     if not args.plot_only:
         for point in args.points:
             count, size = (int(part) for part in point.split("@"))
             done = [p for p in results["points"] if (p["images"], p["image_size"]) == (count, size)]
-            if done and not args.again:
+            if done and done[0].get("complete", True) and not args.again:
                 continue
-            measured = run_point(args.work, count, size, again=args.again)
-            results["points"] = [p for p in results["points"] if p not in done] + [measured]
-            results["points"].sort(key=lambda p: (p["image_size"], p["images"]))
-            write_json(args.out, results)
+            run_point(args.work, count, size, record, again=args.again)
     draw(results, args.out.with_suffix(".png"))
 
 
