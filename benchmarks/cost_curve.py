@@ -235,7 +235,7 @@ def draw(results: dict, path: Path) -> None:
                 )
     time_axis.set(xscale="log", yscale="log", xlabel="images", ylabel="wall seconds", title="time per stage")
     memory_axis.set(xscale="log", xlabel="images", ylabel="peak RSS, MB", title="peak resident memory per stage")
-    time_axis.legend(fontsize=8)
+    time_axis.legend(fontsize=8, loc="upper left")
     sizes = sorted({p["images"] for p in points})
     for axis in (time_axis, memory_axis):
         axis.set_xticks(sizes, [f"{size // 1000:,}k" for size in sizes])
