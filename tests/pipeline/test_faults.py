@@ -97,6 +97,11 @@ STAGES = [  # (stage, its command, its large outputs)
     ("train@mobilenetv2", ["stages/train.py", "mobilenetv2"], ["models/mobilenetv2.keras", "models/mobilenetv2.weights.h5"]),  # noqa: E501
     ("embed@mobilenetv2", ["stages/embed.py", "mobilenetv2"], ["data/embeddings/mobilenetv2.npz"]),
     ("stack", ["stages/stack.py"], ["data/stack/stack.npz", "models/stack.npz"]),
+    # the stages after stack write many small files, each through the same writers: the first model's
+    ("augment_preview", ["stages/augment_preview.py"], ["plots/data/augmentations.png"]),
+    ("evaluate", ["stages/evaluate.py"], ["metrics/retrieval/mobilenetv2.json", "reports/retrieval/mobilenetv2.json"]),
+    ("cluster", ["stages/cluster.py"], ["metrics/cluster/mobilenetv2.json", "reports/cluster/mobilenetv2.json"]),
+    ("projector", ["stages/projector.py"], ["projector/mobilenetv2"]),
 ]  # fmt: skip
 
 
