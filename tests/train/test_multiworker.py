@@ -70,8 +70,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _start(folder: Path, tf_config: dict | None, tmp: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)} if tf_config else dict(os.environ)
-    env.pop("TF_CONFIG", None) if tf_config is None else None
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
     if tmp is not None:
         env["TMPDIR"] = str(tmp)
     return subprocess.Popen(
