@@ -128,18 +128,11 @@ def run_stage(workspace: Path, argv: list[str]) -> dict:
 def measure_serve(workspace: Path, queries: int = 50) -> dict:
     """``embedlab serve`` on the run: seconds until it listens, p50 latency of a query uploaded as PNG, its VmHWM."""
     import requests
+    from serve_latency import start_server  # this folder's: the same server start-up as the latency benchmark
 
     start = time.perf_counter()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "embedlab.cli", "serve", "--port", "0"],
-        cwd=workspace,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONSAFEPATH": "1"},
-    )
+    server, url = start_server(workspace, "exact", [])
     try:
-        url = next(line.split()[1].rstrip("/") for line in server.stdout if line.startswith("open http://"))
         startup = time.perf_counter() - start
         from embedlab.data.prepared import ImageRows
 
