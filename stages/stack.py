@@ -17,9 +17,7 @@ def main() -> None:
     stacked.save(paths.embeddings(STACK))
     stacker.save(paths.stacker)
     write_json(paths.stack_report, metrics)  # the fit: method, weights, validation scores (evaluate scores the test)
-    print(
-        f"stack: {params.stack.method} of {', '.join(params.stacked_backbones)} -> {paths.embeddings(STACK)} {metrics}"
-    )
+    print(f"stack: {params.stack.method} of {', '.join(stacker.backbones)} -> {paths.embeddings(STACK)} {metrics}")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,16 @@ def _metric_names(repo: Path) -> set[str]:
     """The keys of every metrics file: DVC shows a key that only one file has without its file's path."""
     import json
 
+    def keys(tree: dict, prefix: str = "") -> set[str]:  # DVC names a nested key by its dotted path
+        found = set()
+        for key, value in tree.items():
+            found |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return found
+
     names: set[str] = set()
     for path in Layout(repo).metrics().rglob("*.json"):
         data = json.loads(path.read_text())
-        names |= set(data) if isinstance(data, dict) else set()
+        names |= keys(data) if isinstance(data, dict) else set()
     return names
 
 

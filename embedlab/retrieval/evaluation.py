@@ -18,6 +18,7 @@ from embedlab.retrieval.collage import Tile, draw_collage
 from embedlab.retrieval.index import build_index
 from embedlab.retrieval.metrics import RetrievalReport, evaluate_retrieval
 from embedlab.retrieval.probe import linear_probe_accuracy
+from embedlab.retrieval.spread import Spread, cosine_spread, health
 
 
 def gallery_rows(emb: EmbeddingSet, gallery: Literal["train", "train+val"]) -> np.ndarray:
@@ -52,8 +53,52 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str,
     probe = linear_probe_accuracy(
         emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], seed=params.seed
     )
-    metrics = {**report.metrics, "linear_probe_accuracy": probe, "queries": len(queries), "gallery": len(gallery)}
+    spread = cosine_spread(emb.embeddings[queries], seed=params.seed)
+    metrics = {
+        **report.metrics,
+        "linear_probe_accuracy": probe,
+        "cosine_mean": spread.mean,
+        "cosine_sd": spread.sd,
+        "queries": len(queries),
+        "gallery": len(gallery),
+    }
     return {key: round(value, 6) for key, value in metrics.items()}, report
+
+
+def protocol(metrics: dict[str, float], params: EvaluateParams) -> dict[str, int | str]:
+    """How a model's figures were measured, so that two runs can be compared without reading their params: the test
+    split's ``queries`` images searched against ``gallery`` images of ``gallery_splits`` with ``index`` by
+    ``metric``."""
+    return {
+        "queries": int(metrics["queries"]),
+        "gallery": int(metrics["gallery"]),
+        "gallery_splits": params.gallery,
+        "index": "exact" if params.index == "exact" else f"faiss {params.faiss.type}",
+        "metric": params.metric,
+    }
+
+
+def protocol_line(measured: dict[str, int | str]) -> str:
+    """The :func:`protocol` as one short value (``360 test vs 1437 train+val, exact cosine``): one column of
+    ``dvc metrics show`` instead of five, and ``dvc metrics diff`` still lists it when it changes."""
+    return (
+        f"{measured['queries']} test vs {measured['gallery']} {measured['gallery_splits']}, "
+        f"{measured['index']} {measured['metric']}"
+    )
+
+
+def check_health(name: str, metrics: dict[str, float], raw_pixels: dict[str, float] | None, k: int) -> str:
+    """``health`` of a model's metrics (:func:`embedlab.retrieval.spread.health`); a model that is not ``ok`` is
+    named in one line: a collapsed or below-raw-pixels model is what a user must see before reading its mAP."""
+    spread = Spread(metrics["cosine_mean"], metrics["cosine_sd"])
+    key = f"map@{k}"
+    verdict = health(spread, metrics[key], raw_pixels[key] if raw_pixels is not None else None)
+    against = f", raw pixels {raw_pixels[key]:.4f}" if raw_pixels is not None else ""
+    if verdict == "collapsed":
+        print(f"evaluate: warning: {name} has collapsed ({spread.describe()}): {key} {metrics[key]:.4f}{against}")
+    elif verdict != "ok":
+        print(f"evaluate: warning: {name} ranks below raw pixels: {key} {metrics[key]:.4f}{against}")
+    return verdict
 
 
 def map_at_k_rows(model: str, report: RetrievalReport) -> list[dict]:

@@ -14,6 +14,7 @@ from embedlab.core.params import StackParams
 from embedlab.embed.embeddings import EmbeddingSet
 from embedlab.retrieval.metrics import average_precision_at_k, relevant_counts
 from embedlab.retrieval.probe import linear_probe_accuracy
+from embedlab.retrieval.spread import cosine_spread
 from embedlab.stack.stacker import Stacker
 
 
@@ -91,51 +92,59 @@ def leave_one_out_map(
 def _fit_select(
     backbones: list[str], blocks: list[np.ndarray], labels: np.ndarray, params: StackParams
 ) -> tuple[Stacker, dict[str, float]]:
+    """Coordinate ascent over each block's *share*: its weight times the spread of its similarities. A block whose
+    similarities vary little moves the ranking little at any weight, so a raw weight says nothing about what the
+    stack uses; searched and reported as shares, a weight is what the block contributes to the stacked ranking."""
     rng = np.random.default_rng(params.seed)
     queries = np.sort(rng.permutation(len(labels))[:SELECT_MAX_QUERIES])
-    grams = [np.asarray(b[queries], np.float32) @ np.asarray(b, np.float32).T for b in blocks]
+    spreads = [max(cosine_spread(b, seed=params.seed).sd, 1e-12) for b in blocks]
+    grams = [
+        np.asarray(b[queries], np.float32) @ np.asarray(b, np.float32).T / np.float32(sd)
+        for b, sd in zip(blocks, spreads, strict=True)
+    ]
     everyone = np.arange(len(labels))  # the gallery is every validation row, the queries among them
     num_relevant = relevant_counts(
         labels[queries], labels, int(labels.max()) + 1, query_ids=queries, gallery_ids=everyone
     )
 
-    def score(weights: np.ndarray) -> float:
-        combined = sum(w * g for w, g in zip(weights, grams, strict=True) if w)
+    def score(shares: np.ndarray) -> float:
+        combined = sum(w * g for w, g in zip(shares, grams, strict=True) if w)
         return leave_one_out_map(combined, queries, labels=labels, num_relevant=num_relevant, k=params.select_k)
 
     singles = [score(np.eye(len(blocks))[b]) for b in range(len(blocks))]
     best = int(np.argmax(singles))
-    weights, best_score = np.eye(len(blocks))[best], singles[best]
+    shares, best_score = np.eye(len(blocks))[best], singles[best]
     for _ in range(SELECT_MAX_PASSES):  # coordinate ascent until a pass changes nothing
         improved = False
         for b in range(len(blocks)):
             for value in SELECT_GRID:
-                trial = weights.copy()
+                trial = shares.copy()
                 trial[b] = value
-                if not trial.any() or value == weights[b]:
+                if not trial.any() or value == shares[b]:
                     continue
                 trial_score = score(trial)
                 if trial_score > best_score + 1e-6:
-                    weights, best_score, improved = trial, trial_score, True
+                    shares, best_score, improved = trial, trial_score, True
         if not improved:
             break
-    weights = (weights / weights.sum()).astype(np.float32)
+    shares = shares / shares.sum()
+    weights = shares / np.asarray(spreads)  # what scales each block, so that its similarities count by its share
     metrics = {
         "val_map_best_single": round(singles[best], 6),
         "val_map_stack": round(best_score, 6),
-        **{f"weight_{name}": round(float(w), 6) for name, w in zip(backbones, weights, strict=True)},
+        **{f"weight_{name}": round(float(w), 6) for name, w in zip(backbones, shares, strict=True)},
     }
-    return Stacker("select", backbones, {"weights": weights}), metrics
+    return Stacker("select", backbones, {"weights": (weights / weights.sum()).astype(np.float32)}), metrics
 
 
 def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tuple[EmbeddingSet, Stacker, dict]:
     """Fit the stacker on the validation rows and apply it to every image: the stacked embeddings, the stacker and
     the fit's report (method, rows, and what the method reports: weights, explained variance, final loss)."""
-    backbones = list(sets)
     reference = check_aligned(sets)
     val = reference.split("val")
     if len(val) < 2 or len(np.unique(reference.labels[val])) < 2:
         raise UserError("the stacker needs validation images of at least two classes (data.val_fraction)")
+    backbones, collapsed = _ranking_backbones(sets, val, seed=params.seed)
     blocks = [sets[name].embeddings for name in backbones]
     stacker, fit_metrics = fit_stacker(
         backbones,
@@ -147,7 +156,27 @@ def stack_embeddings(sets: dict[str, EmbeddingSet], params: StackParams) -> tupl
     )
     stacked = stacker.transform(blocks)
     out = EmbeddingSet(stacked, reference.ids, reference.labels, reference.splits, reference.class_names)
+    if collapsed:
+        fit_metrics["left_out"] = ", ".join(collapsed)
+        if any(key.startswith("weight_") for key in fit_metrics):  # a method that weighs: the left-out weigh 0
+            fit_metrics.update({f"weight_{name}": 0.0 for name in collapsed})
     return out, stacker, {"method": params.method, "fit_rows": len(val), **fit_metrics}
+
+
+def _ranking_backbones(sets: dict[str, EmbeddingSet], val: np.ndarray, *, seed: int) -> tuple[list[str], list[str]]:
+    """The backbones to stack, and those left out because their validation embeddings collapsed (each named in one
+    line): a collapsed block only adds a near-constant to every similarity, so whatever weight a stacker gave it
+    would describe nothing the stack does. If every backbone collapsed, all are kept: there is nothing better."""
+    collapsed = []
+    for name, emb in sets.items():
+        spread = cosine_spread(emb.embeddings[val], seed=seed)
+        if spread.collapsed:
+            collapsed.append(name)
+            print(f"stack: {name} left out: its validation embeddings have collapsed ({spread.describe()})")
+    if len(collapsed) == len(sets):
+        print("stack: every backbone collapsed; stacking them all (expect the stack to rank poorly)")
+        return list(sets), []
+    return [name for name in sets if name not in collapsed], collapsed
 
 
 def stack_metrics(stacked: EmbeddingSet, fit_report: dict, *, seed: int) -> dict:

@@ -206,17 +206,19 @@ def test_single_experiment_metrics_params_and_plots_diff(pipeline: Path, tmp_pat
 
 
 def test_the_daily_verbs_answer_at_a_glance(pipeline: Path, tmp_path: Path) -> None:
-    """`dvc metrics show` fits 120 columns with every model's mAP@5; a forced rerun that reproduces the same models
-    leaves `dvc metrics diff` empty (timings are reports, not metrics); `embedlab experiments` shows each
-    experiment's changed params and every model's mAP@5 in 160 columns."""
+    """`dvc metrics show` fits 170 columns with every model's mAP@5, health and protocol; a forced rerun that
+    reproduces the same models leaves `dvc metrics diff` empty (timings are reports, not metrics); `embedlab
+    experiments` shows each experiment's changed params and every model's mAP@5 in 160 columns."""
     repo = _copy(pipeline, tmp_path / "repo")
     models = ["mobilenetv2", "smallnet", "stack", "raw_pixels"]
     shown = dvc("metrics", "show", cwd=repo).stdout.splitlines()
-    assert max(map(len, shown)) <= 120, "\n".join(shown)
+    assert max(map(len, shown)) <= 170, "\n".join(shown)
     header = shown[0].split()
     for model in models:
-        row = next(line.split() for line in shown if line.startswith(f"metrics/retrieval/{model}.json"))
+        line = next(line for line in shown if line.startswith(f"metrics/retrieval/{model}.json"))
+        row = line.replace("below raw pixels", "below-raw-pixels").split()
         assert 0 <= float(row[header.index("map@5")]) <= 1, row
+        assert row[header.index("health")] in ("ok", "below-raw-pixels") and "20 test vs 40 train, exact cosine" in line
     dvc("repro", "-f", cwd=repo)
     assert dvc("metrics", "diff", cwd=repo).stdout.strip() == ""
 

@@ -38,8 +38,15 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
     for model in ("mobilenetv2", "stack", "raw_pixels"):
         headline = json.loads((pipeline / "metrics" / "retrieval" / f"{model}.json").read_text())
         metrics = json.loads((pipeline / "reports" / "retrieval" / f"{model}.json").read_text())
-        assert set(headline) == {"map@5", "map@r", "precision@1"} | ({"map@5_gain"} if model == "stack" else set())
-        assert headline.items() <= metrics.items()
+        numbers = {"map@5", "map@r", "precision@1"} | ({"map@5_gain"} if model == "stack" else set())
+        assert set(headline) == numbers | {"health", "protocol"}
+        assert headline["health"] in ("ok", "below raw pixels") and headline["health"] == metrics.pop("health")
+        # how the figures were measured, beside them: 20 test queries against the 40-image train split
+        assert headline.pop("protocol") == "20 test vs 40 train, exact cosine"
+        protocol = {key: metrics.pop(key) for key in ("gallery_splits", "index", "metric")}
+        assert protocol == {"gallery_splits": "train", "index": "exact", "metric": "cosine"}, protocol
+        assert {key: headline[key] for key in numbers}.items() <= metrics.items()
+        assert metrics.pop("cosine_sd") > 0.01 and -1 <= metrics.pop("cosine_mean") <= 1  # none collapsed
         assert {
             "map@5",
             "precision@1",
@@ -129,10 +136,12 @@ def test_the_default_stack_applies_what_it_reports(pipeline: Path) -> None:
     """``select`` reports the validation mAP of the weights it chose; the stack the pipeline applied and saved (what
     evaluate, search and serve use) scores exactly that on the validation images, and never below its best member."""
     from embedlab.core.params import load_params
+    from embedlab.retrieval.spread import cosine_spread
     from embedlab.stack.stacker import Stacker
 
     report = json.loads((pipeline / "reports" / "stack.json").read_text())
-    k = load_params(pipeline / "params.yaml").stack.select_k
+    stack_params = load_params(pipeline / "params.yaml").stack
+    k = stack_params.select_k
     stacked = EmbeddingSet.load(pipeline / "data" / "stack" / "stack.npz")
     val = stacked.split("val")
     assert _loo_map(stacked.embeddings[val], stacked.labels[val], k) == pytest.approx(report["val_map_stack"], abs=1e-6)
@@ -144,7 +153,10 @@ def test_the_default_stack_applies_what_it_reports(pipeline: Path) -> None:
     assert report["val_map_stack"] >= report["val_map_best_single"]
     stacker = Stacker.load(pipeline / "models" / "stack.npz")
     assert stacker.backbones == ["mobilenetv2", "smallnet"]
-    np.testing.assert_allclose(stacker.arrays["weights"], [report["weight_mobilenetv2"], report["weight_smallnet"]])
+    # A reported weight is the block's share of the stacked similarities' spread: its scale times that spread.
+    spreads = [cosine_spread(m.embeddings[val], seed=stack_params.seed).sd for m in members]
+    shares = stacker.arrays["weights"] * spreads / (stacker.arrays["weights"] * spreads).sum()
+    np.testing.assert_allclose(shares, [report["weight_mobilenetv2"], report["weight_smallnet"]], atol=1e-5)
 
 
 def test_a_query_skips_a_backbone_the_stack_weighs_zero(pipeline: Path, tmp_path: Path) -> None:

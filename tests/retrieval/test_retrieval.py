@@ -231,3 +231,38 @@ def test_a_deep_hnsw_search_leaves_the_index_as_configured() -> None:
     assert idx.shape == (3, 150) and (idx >= 0).all() and np.isfinite(scores).all()
     assert index.index.hnsw.efSearch == 16
     assert (index.top_k(gallery[:3], 5)[0][:, 0] == [0, 1, 2]).all()
+
+
+def test_evaluate_names_a_collapsed_and_a_below_raw_pixels_model(capsys) -> None:
+    """The health written beside each model's mAP: a constant embedding is ``collapsed``, a model ranking worse than
+    the flattened pixels is ``below raw pixels``, each named in one line; the protocol says how it was measured."""
+    from embedlab.core.params import EvaluateParams
+    from embedlab.embed.embeddings import EmbeddingSet
+    from embedlab.retrieval.evaluation import check_health, evaluate_model, protocol, protocol_line
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 4
+    splits = np.repeat(["train", "val", "test"], [60, 20, 40])
+    centres = rng.normal(size=(4, 16))
+
+    def model(vectors: np.ndarray) -> EmbeddingSet:
+        ids = np.array([f"i{i}" for i in range(120)])
+        return EmbeddingSet(l2_normalize(vectors), ids, labels, splits, np.array(["a", "b", "c", "d"]))
+
+    params = EvaluateParams(k=5)
+    raw, _ = evaluate_model(model(centres[labels] + 0.9 * rng.normal(size=(120, 16))), params)
+    good, _ = evaluate_model(model(centres[labels] + 0.3 * rng.normal(size=(120, 16))), params)
+    poor, _ = evaluate_model(model(centres[labels] + 3.0 * rng.normal(size=(120, 16))), params)
+    flat, _ = evaluate_model(model(np.ones((120, 16))), params)
+    assert good["map@5"] > raw["map@5"] > poor["map@5"] and flat["cosine_sd"] == 0.0
+    assert check_health("good", good, raw, 5) == "ok" and capsys.readouterr().out == ""
+    assert check_health("poor", poor, raw, 5) == "below raw pixels"
+    assert capsys.readouterr().out == (
+        f"evaluate: warning: poor ranks below raw pixels: map@5 {poor['map@5']:.4f}, raw pixels {raw['map@5']:.4f}\n"
+    )
+    assert check_health("flat", flat, raw, 5) == "collapsed"
+    assert capsys.readouterr().out.startswith("evaluate: warning: flat has collapsed (cosine similarity between")
+    assert check_health("raw_pixels", raw, None, 5) == "ok"
+    measured = protocol(good, params)
+    assert measured == {"queries": 40, "gallery": 60, "gallery_splits": "train", "index": "exact", "metric": "cosine"}
+    assert protocol_line(measured) == "40 test vs 60 train, exact cosine"

@@ -174,3 +174,44 @@ def test_only_contributing_backbones_change_the_stack(method: str) -> None:
         assert not np.allclose(
             stacker.transform([blocks[0], np.zeros_like(blocks[1]), blocks[2]]), stacker.transform(blocks)
         )
+
+
+def _like(emb: EmbeddingSet, vectors: np.ndarray) -> EmbeddingSet:
+    return EmbeddingSet(vectors, *(getattr(emb, f) for f in _META))
+
+
+@pytest.mark.parametrize("method", ["select", "weighted", "concat", "pca"])
+def test_a_collapsed_backbone_is_named_and_left_out(method: str, capsys) -> None:
+    """A small photo folder in miniature: one backbone maps every image to almost the same vector. At any weight it
+    would only add a near-constant to every similarity, so a weight given to it would describe nothing the stack
+    does: the stack leaves it out, says so in one line, reports weight 0 for it, and is the stack of the others."""
+    sets = _sets(per_split=(60, 120, 40))
+    shape = (len(sets["a"].ids), 8)
+    nearly_constant = l2_normalize(np.ones(shape) + 1e-3 * np.random.default_rng(5).normal(size=shape))  # cos > 0.9999
+    with_flat = {"a": sets["a"], "flat": _like(sets["a"], nearly_constant), "b": sets["b"]}
+    params = StackParams(method=method, select_k=5, dim=8, hidden=16, epochs=5, batch_size=32)
+    stacked, stacker, report = stack_embeddings(with_flat, params)
+    assert "stack: flat left out: its validation embeddings have collapsed" in capsys.readouterr().out
+    assert stacker.backbones == ["a", "b"] and report["left_out"] == "flat"
+    assert report.get("weight_flat", 0.0) == 0.0 and ("weight_flat" in report) == (method in ("select", "weighted"))
+    without, _, _ = stack_embeddings(sets, params)
+    np.testing.assert_allclose(stacked.embeddings, without.embeddings, atol=1e-6)
+
+
+def test_select_reports_each_blocks_share_not_its_scale() -> None:
+    """Squashing a block's similarities into a narrow band (cos -> (9 + cos) / 10) leaves what it ranks unchanged. The
+    stack must then rank as before and report the same weights (each block's share of the stacked similarity's
+    spread), while the scale it applies to that block grows to make up for the band."""
+    sets = _sets(per_split=(60, 120, 40))
+    a = sets["a"].embeddings
+    squashed = l2_normalize(np.concatenate([np.full((len(a), 1), 3.0, np.float32), a], axis=1))
+    _, plain_stacker, plain = stack_embeddings(sets, StackParams(method="select"))
+    _, squashed_stacker, report = stack_embeddings(
+        {"a": _like(sets["a"], squashed), "b": sets["b"]}, StackParams(method="select")
+    )
+    assert 0 < plain["weight_a"] < 1 and (report["weight_a"], report["weight_b"]) == (
+        plain["weight_a"],
+        plain["weight_b"],
+    )
+    assert report["val_map_stack"] == pytest.approx(plain["val_map_stack"], abs=1e-6)
+    assert squashed_stacker.arrays["weights"][0] > 5 * plain_stacker.arrays["weights"][0]
