@@ -116,7 +116,12 @@ class ModelParams(_Section):
     """the backbone's input side; images are resized inside the model (Xception needs ≥ 71 px and gets it
     automatically)"""
     logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0
-    """the unit embedding is multiplied by this before the softmax classifier (a normalised-softmax head when > 1)"""
+    """the unit embedding is multiplied by this before the softmax classifier (a normalised-softmax head when > 1;
+    with `head: cosine`, the inverse temperature of the cosine logits)"""
+    head: Literal["linear", "cosine"] = "linear"
+    """the softmax classifier on the unit embedding: `linear` (a dense layer with bias) or `cosine` (logits =
+    `logit_scale` × the cosine between the embedding and each class's unit weight vector: the classifier then
+    separates classes by angle, the geometry cosine retrieval ranks by)"""
     whiten_stem: bool = False
     """smallnet only: initialise its 2×2 stem from the training images, as the whitening of their 2×2 patches
     (airbench's patch whitening; see [the ablation](../benchmarks/README.md#what-each-recipe-choice-buys-an-ablation)).

@@ -66,6 +66,32 @@ class L2Normalize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="embedlab")
+class CosineLogits(keras.layers.Layer):
+    """``scale`` × the cosine between each row and each class's weight vector (a normalised-softmax head, NormFace):
+    only directions count, so the classes the softmax separates are separated by angle, as cosine search ranks."""
+
+    def __init__(self, units: int, scale: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.units, self.scale = units, scale
+
+    def build(self, input_shape) -> None:
+        """One weight vector per class."""
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+
+    def call(self, x):
+        """Cosine logits, scaled."""
+        x = ops.cast(x, "float32")
+        x = x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-30))
+        kernel = ops.cast(self.kernel, "float32")
+        kernel = kernel / ops.sqrt(ops.maximum(ops.sum(ops.square(kernel), axis=0, keepdims=True), 1e-30))
+        return self.scale * ops.matmul(x, kernel)
+
+    def get_config(self) -> dict:
+        """What rebuilds the layer."""
+        return {**super().get_config(), "units": self.units, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
 class StopGradient(keras.layers.Layer):
     """Identity forward, no gradient backward: a linear probe that reads the embedding without shaping it."""
 
@@ -141,6 +167,7 @@ def build_models(
     bn_momentum: float | None = None,
     probe_head: bool = False,
     logit_scale: float = 1.0,
+    head: str = "linear",
     bn_scale: bool = True,
 ) -> Models:
     """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head.
@@ -171,11 +198,14 @@ def build_models(
     embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
     # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
     head_input = StopGradient(name="probe")(embedding) if probe_head else embedding
-    if logit_scale != 1.0:
-        # A unit embedding caps the logits at |W|; under weight decay they stay small and the softmax gradient weak.
-        # A fixed scale (a normalised-softmax head) lets the classifier saturate from the first epoch.
-        head_input = keras.layers.Rescaling(logit_scale, name="logit_scale")(head_input)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(head_input)
+    if head == "cosine":
+        logits = CosineLogits(num_classes, logit_scale, dtype="float32", name="logits")(head_input)
+    else:
+        if logit_scale != 1.0:
+            # A unit embedding caps the logits at |W|; under weight decay they stay small and the softmax gradient
+            # weak. A fixed scale (a normalised-softmax head) lets the classifier saturate from the first epoch.
+            head_input = keras.layers.Rescaling(logit_scale, name="logit_scale")(head_input)
+        logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(head_input)
     trainer = keras.Model(inputs, {"embedding": embedding, "logits": logits}, name=f"{name}_trainer")
     if weights not in (None, "imagenet"):
         load_weights(trainer, weights)

@@ -177,6 +177,7 @@ class Trainer:
                 bn_momentum=None if pretrained else FROM_SCRATCH_BN_MOMENTUM,
                 probe_head=train.loss == "triplet",
                 logit_scale=model_params.logit_scale,
+                head=model_params.head,
                 bn_scale=model_params.bn_scale,
             )
         apply_init_options(models, model_params, data.splits["train"][0], seed=train.seed)

@@ -135,3 +135,21 @@ def test_a_missing_or_corrupt_model_file_is_one_line_naming_its_stage(tmp_path: 
     corrupt.write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(UserError, match=r"vgg16\.keras is not a readable Keras model .*`dvc repro -f train@vgg16`$"):
         load_embedding_model(corrupt)
+
+
+def test_a_cosine_head_scores_by_angle_and_survives_saving(tmp_path: Path) -> None:
+    """``model.head: cosine``: logits are logit_scale × cos(embedding, class weight), whatever the weights' lengths,
+    and the trainer (head included) saves and loads as it computes."""
+    models = build_models("smallnet", 16, num_classes=3, embedding_dim=8, logit_scale=10.0, head="cosine", seed=0)
+    images = _images(4, 16)
+    head = models.trainer.get_layer("logits")
+    kernel = np.asarray(head.kernel)
+    head.kernel.assign(kernel * np.array([1.0, 5.0, 0.1], np.float32))  # lengths change, directions do not
+    embedding = np.asarray(models.embedding(images, training=False))
+    logits = np.asarray(models.trainer(images, training=False)["logits"])
+    expected = 10.0 * embedding @ (kernel / np.linalg.norm(kernel, axis=0))
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    assert np.abs(logits).max() <= 10.0 + 1e-4
+    models.trainer.save(tmp_path / "trainer.keras")
+    loaded = keras.saving.load_model(tmp_path / "trainer.keras")
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)["logits"]), logits, atol=1e-5)
