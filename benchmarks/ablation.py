@@ -45,6 +45,10 @@ VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("identity-initialised blocks", {"identity_init": True}, {}, {}),
     ("batch 256", {}, {"batch_size": 256}, {}),
     ("batch 1024", {}, {"batch_size": 1024}, {}),
+    # retrieval-aware heads and losses: does the embedding rank as well as the classifier classifies?
+    ("cosine head, scale 16", {"head": "cosine", "logit_scale": 16.0}, {}, {}),
+    ("cosine head, scale 32", {"head": "cosine", "logit_scale": 32.0}, {}, {}),
+    ("softmax + triplet loss", {}, {"loss": "softmax+triplet"}, {}),
 ]
 # Each removes one of airbench's choices from a recipe that has them all.
 AIRBENCH_VARIANTS: list[tuple[str, dict, dict, dict]] = [
