@@ -9,6 +9,7 @@ server, after the queries), so it counts every page the process touched, file-ba
     python benchmarks/cost_curve.py                        # 10,000, 50,000 and 200,000 images at 64 px + 2,000 at 224
     python benchmarks/cost_curve.py --points 10000@64      # one point
     python benchmarks/cost_curve.py --plot-only            # redraw the picture from the results file
+    python benchmarks/cost_curve.py --redo "evaluate (faiss)"  # measure a stage again (after a fix to it)
 
 Each point needs its images on disk once (about 4 KB each at 64 px) in ``--work``, kept between runs: a point that
 finished is not run again unless ``--again``, and one stopped part-way goes on from its next stage.
@@ -158,9 +159,10 @@ def measure_serve(workspace: Path, queries: int = 50) -> dict:
     }
 
 
-def run_point(work: Path, count: int, size: int, record, again: bool = False) -> None:
+def run_point(work: Path, count: int, size: int, record, again: bool = False, redo: tuple[str, ...] = ()) -> None:
     """Every stage on ``count`` generated images at ``size`` px (``again``: from the first stage, in a fresh
-    workspace), handing ``record`` the point as it stands after each stage (``complete`` once all have run)."""
+    workspace; ``redo``: these stages again, on the workspace's earlier outputs), handing ``record`` the point as it
+    stands after each stage (``complete`` once all have run)."""
     images = work / f"images-{count}-{size}"
     began = time.perf_counter()
     generate_folder(images, count, size)
@@ -169,6 +171,7 @@ def run_point(work: Path, count: int, size: int, record, again: bool = False) ->
     # two hours on 2 cores) goes on from the next stage when started again.
     workspace, progress = work / f"run-{count}-{size}", work / f"run-{count}-{size}" / "progress.json"
     stages: dict[str, dict] = json.loads(progress.read_text()) if progress.exists() and not again else {}
+    stages = {name: figures for name, figures in stages.items() if name not in redo}
     if not stages:
         shutil.rmtree(workspace, ignore_errors=True)
         workspace.mkdir(parents=True)
@@ -245,6 +248,7 @@ def main() -> None:
     parser.add_argument("--points", nargs="+", default=list(DEFAULT_POINTS), help="IMAGES@PX, e.g. 10000@64")
     parser.add_argument("--work", type=Path, default=Path("/tmp/embedlab-cost-curve"), help="images and workspaces")
     parser.add_argument("--again", action="store_true", help="rerun points already in the results file")
+    parser.add_argument("--redo", nargs="+", default=[], help="stage names to measure again (then serve)")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -262,9 +266,9 @@ def main() -> None:
         for point in args.points:
             count, size = (int(part) for part in point.split("@"))
             done = [p for p in results["points"] if (p["images"], p["image_size"]) == (count, size)]
-            if done and done[0].get("complete", True) and not args.again:
+            if done and done[0].get("complete", True) and not (args.again or args.redo):
                 continue
-            run_point(args.work, count, size, record, again=args.again)
+            run_point(args.work, count, size, record, again=args.again, redo=tuple(args.redo))
     draw(results, args.out.with_suffix(".png"))
 
 

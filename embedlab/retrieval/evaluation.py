@@ -49,6 +49,7 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str,
         k_max=params.k_max,
         query_ids=emb.ids[queries],
         gallery_ids=emb.ids[gallery],
+        r_deep=params.index == "exact",
     )
     probe = linear_probe_accuracy(
         emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], seed=params.seed

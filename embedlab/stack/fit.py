@@ -52,7 +52,12 @@ def fit_stacker(
         case "weighted" | "mlp":
             from embedlab.stack.network import fit_network
 
-            return fit_network(backbones, blocks, labels=labels, params=params, num_classes=num_classes)
+            stacker, report = fit_network(backbones, blocks, labels=labels, params=params, num_classes=num_classes)
+            if params.method == "weighted":
+                spreads = np.array([cosine_spread(b, seed=params.seed).sd for b in blocks])
+                shares = stacker.arrays["weights"] * spreads / (stacker.arrays["weights"] * spreads).sum()
+                report |= {f"weight_{name}": round(float(w), 6) for name, w in zip(backbones, shares, strict=True)}
+            return stacker, report
         case other:
             raise ValueError(f"unknown stack.method {other!r}")
 

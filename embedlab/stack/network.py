@@ -25,7 +25,7 @@ def fit_network(
     num_classes: int,
 ) -> tuple[Stacker, dict[str, float]]:
     """Fit the ``weighted`` or ``mlp`` stacker (``params.method``) on validation embeddings with Keras; return it
-    as NumPy arrays (a :class:`Stacker`) with the final loss and, for ``weighted``, the learned weights."""
+    as NumPy arrays (a :class:`Stacker`) with the final loss."""
     import keras
     from keras import layers, ops
 
@@ -59,7 +59,6 @@ def fit_network(
     metrics = {"final_loss": round(float(history.history["loss"][-1]), 6)}
     if method == "weighted":
         weights = np.asarray(ops.softmax(weighting.logits)).astype(np.float32)
-        metrics.update({f"weight_{name}": round(float(w), 6) for name, w in zip(backbones, weights, strict=True)})
         return Stacker("weighted", backbones, {"weights": weights}), metrics
     hidden_layer, projection_layer = model.get_layer("hidden"), model.get_layer("projection")
     w1, b1 = (np.asarray(v) for v in hidden_layer.weights)

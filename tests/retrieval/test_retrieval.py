@@ -195,6 +195,31 @@ def test_faiss_approximate_indexes_recall_and_metrics(kind: str) -> None:
     assert abs(approx_report.metrics["map@5"] - exact_report.metrics["map@5"]) < 0.02
 
 
+def test_an_approximate_index_is_searched_k_max_deep_and_reports_no_r_metrics() -> None:
+    """MAP@R would ask an approximate index for each query's R nearest (11,900 in the cost curve's largest point,
+    slower than exact search); evaluate asks it for k_max only, and every top-k metric stays the same."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, size=600)
+    vectors = l2_normalize(rng.normal(size=(4, 16))[labels] + 0.9 * rng.normal(size=(600, 16)))
+    asked = []
+
+    class Recording(ExactIndex):
+        def top_k(self, queries, k, query_ids=None):
+            asked.append(k)
+            return super().top_k(queries, k, query_ids)
+
+    names = ["a", "b", "c", "d"]
+    deep = evaluate_retrieval(vectors[500:], labels[500:], Recording(vectors[:500]), labels[:500], names, k=5)
+    assert max(asked) == np.bincount(labels[:500]).max()  # R of the largest class
+    asked.clear()
+    shallow = evaluate_retrieval(
+        vectors[500:], labels[500:], Recording(vectors[:500]), labels[:500], names, k=5, k_max=20, r_deep=False
+    )
+    assert max(asked) == 20
+    assert shallow.metrics == {key: v for key, v in deep.metrics.items() if key not in ("map@r", "r_precision")}
+    np.testing.assert_array_equal(shallow.neighbours, deep.neighbours)
+
+
 def test_map_at_r_and_r_precision_equal_a_brute_force_reference() -> None:
     """Random galleries with uneven class sizes, chunked search, and one class absent from the gallery."""
     rng = np.random.default_rng(5)
