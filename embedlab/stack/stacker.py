@@ -12,10 +12,13 @@ Methods (``stack.method``):
   weighted mean of the backbones' cosine similarities.
 * ``mlp``: a small meta-network (dense → ReLU → dense → L2) trained with the same losses as ``train``.
 * ``select`` (default): per-backbone weights chosen by what the stack is for, retrieval. Each validation image
-  queries the other validation images; starting from the best single backbone (weight 1, others 0), coordinate
-  ascent tries each backbone at each weight of ``fit.SELECT_GRID`` and keeps a change only when the validation
+  queries the other validation images; starting from the best single backbone (share 1, others 0), coordinate
+  ascent tries each backbone at each share of ``fit.SELECT_GRID`` and keeps a change only when the validation
   mAP@``stack.select_k`` rises. So on the validation split the stack is never worse than its best member, and a
-  backbone that only adds noise keeps weight 0. Cosine similarity becomes Σ w_b·cos_b / Σ w_b, as in ``weighted``.
+  backbone that only adds noise keeps weight 0. Cosine similarity becomes Σ w_b·cos_b / Σ w_b, as in ``weighted``,
+  with w_b ∝ share_b / (spread of backbone b's cosines): a share is what the block contributes to the ranking.
+
+A backbone whose validation embeddings collapsed is left out before any method is fitted (:mod:`embedlab.stack.fit`).
 
 Learned stackers are fitted on the validation split only (:mod:`embedlab.stack.fit`).
 
