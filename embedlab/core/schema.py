@@ -282,8 +282,8 @@ class EvaluateParams(_Section):
     examples: Annotated[int, Field(ge=1, le=64)] = 8
     """seeded queries drawn in the example collages"""
     index: Literal["exact", "faiss"] = "exact"
-    """`exact` (chunked matrix products) or `faiss` (`faiss-cpu`, for large galleries; searched `k_max` deep, so
-    without MAP@R and R-precision)"""
+    """`exact` (chunked matrix products) or `faiss` (`faiss-cpu`, for large galleries; `hnsw` and `ivf` are searched
+    `k_max` deep, so without MAP@R and R-precision)"""
     faiss: FaissParams = FaissParams()
     """the approximate index used when evaluate.index is faiss"""
     seed: Annotated[int, Field(ge=0)] = 42

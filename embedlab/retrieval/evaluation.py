@@ -49,7 +49,7 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str,
         k_max=params.k_max,
         query_ids=emb.ids[queries],
         gallery_ids=emb.ids[gallery],
-        r_deep=params.index == "exact",
+        r_deep=params.index == "exact" or params.faiss.type == "flat",  # exhaustive: R deep costs what exact does
     )
     probe = linear_probe_accuracy(
         emb.embeddings[gallery], emb.labels[gallery], emb.embeddings[queries], emb.labels[queries], seed=params.seed
