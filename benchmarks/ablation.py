@@ -49,6 +49,13 @@ VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("cosine head, scale 16", {"head": "cosine", "logit_scale": 16.0}, {}, {}),
     ("cosine head, scale 32", {"head": "cosine", "logit_scale": 32.0}, {}, {}),
     ("softmax + triplet loss", {}, {"loss": "softmax+triplet"}, {}),
+    ("cosine head 16, no label smoothing", {"head": "cosine", "logit_scale": 16.0}, {"label_smoothing": 0.0}, {}),
+    (
+        "cosine head 16, no smoothing, lr 0.2",
+        {"head": "cosine", "logit_scale": 16.0},
+        {"label_smoothing": 0.0, "lr": 0.2},
+        {},
+    ),
 ]
 # Each removes one of airbench's choices from a recipe that has them all.
 AIRBENCH_VARIANTS: list[tuple[str, dict, dict, dict]] = [
