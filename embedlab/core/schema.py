@@ -110,14 +110,16 @@ class ModelParams(_Section):
     weights: str | None = None
     """`imagenet` (Keras' download; offline it stops naming the file and the folder to put it in), `null` (random init)
     or a path to a `.weights.h5` saved by this pipeline (`models/<bb>.weights.h5`)"""
-    embedding_dim: Annotated[int, Field(ge=2, le=4096)] = 128
-    """embedding size"""
+    embedding_dim: Annotated[int, Field(ge=2, le=4096)] | None = 128
+    """embedding size: a dense projection of the backbone's pooled features, unit length, under the classifier. `null`:
+    no projection; the embedding is the pooled features at unit length and the classifier reads the features as they
+    are (airbench's head, with `logit_scale: 0.111`)"""
     input_size: Annotated[int, Field(ge=16, le=1024)] | None = None
     """the backbone's input side; images are resized inside the model (Xception needs ≥ 71 px and gets it
     automatically)"""
     logit_scale: Annotated[float, Field(gt=0, le=100)] = 1.0
-    """the unit embedding is multiplied by this before the softmax classifier (a normalised-softmax head when > 1;
-    with `head: cosine`, the inverse temperature of the cosine logits)"""
+    """the classifier's input (the unit embedding, or the features with `embedding_dim: null`) is multiplied by this
+    (a normalised-softmax head when > 1; with `head: cosine`, the inverse temperature of the cosine logits)"""
     head: Literal["linear", "cosine"] = "linear"
     """the softmax classifier on the unit embedding: `linear` (a dense layer with bias) or `cosine` (logits =
     `logit_scale` × the cosine between the embedding and each class's unit weight vector: the classifier then

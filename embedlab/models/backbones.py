@@ -160,7 +160,7 @@ def build_models(
     num_classes: int,
     *,
     seed: int,
-    embedding_dim: int = 128,
+    embedding_dim: int | None = 128,
     dropout: float = 0.2,
     weights: str | None = None,
     input_size: int | None = None,
@@ -191,19 +191,23 @@ def build_models(
         for layer in backbone.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = bn_momentum
-    x = backbone(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    x = keras.layers.Dense(embedding_dim, name="projection")(x)
-    embedding = L2Normalize(name="embedding")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(backbone(x))
+    if embedding_dim is None:  # the pooled features are the embedding, and the classifier reads them as they are
+        features = x
+        embedding = L2Normalize(name="embedding")(features)
+    else:
+        embedding = L2Normalize(name="embedding")(keras.layers.Dense(embedding_dim, name="projection")(x))
+        features = embedding
     embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
     # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
-    head_input = StopGradient(name="probe")(embedding) if probe_head else embedding
+    head_input = StopGradient(name="probe")(features) if probe_head else features
     if head == "cosine":
         logits = CosineLogits(num_classes, logit_scale, dtype="float32", name="logits")(head_input)
     else:
         if logit_scale != 1.0:
             # A unit embedding caps the logits at |W|; under weight decay they stay small and the softmax gradient
             # weak. A fixed scale (a normalised-softmax head) lets the classifier saturate from the first epoch.
+            # On raw features (embedding_dim null) a scale below 1 tempers large logits (airbench's 1/9).
             head_input = keras.layers.Rescaling(logit_scale, name="logit_scale")(head_input)
         logits = keras.layers.Dense(num_classes, dtype="float32", name="logits")(head_input)
     trainer = keras.Model(inputs, {"embedding": embedding, "logits": logits}, name=f"{name}_trainer")

@@ -45,6 +45,21 @@ def test_contract_uint8_in_unit_norm_out(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.asarray(again.predict(_images(6, 32), verbose=0)), out, atol=1e-5)
 
 
+def test_without_a_projection_the_embedding_is_the_features_and_the_classifier_reads_them_scaled() -> None:
+    """``model.embedding_dim: null`` (airbench's head): the unit embedding is the backbone's pooled features, and the
+    logits are a dense layer on the features times ``logit_scale``, not on the unit embedding."""
+    models = build_models("smallnet", 32, num_classes=4, embedding_dim=None, dropout=0.0, logit_scale=1 / 9, seed=0)
+    images = _images(5, 32)
+    features = np.asarray(models.backbone(models.embedding.get_layer("preprocess")(images.astype("float32"))))
+    out = np.asarray(models.embedding(images))
+    assert out.shape == (5, features.shape[1]) == (5, 256)
+    np.testing.assert_allclose(out, features / np.linalg.norm(features, axis=1, keepdims=True), atol=1e-5)
+    dense = models.trainer.get_layer("logits")
+    expected = features / 9 @ np.asarray(dense.kernel) + np.asarray(dense.bias)
+    np.testing.assert_allclose(np.asarray(models.trainer(images)["logits"]), expected, rtol=1e-4, atol=1e-5)
+    assert not any(layer.name == "projection" for layer in models.trainer.layers)
+
+
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_each_backbone_builds_at_its_minimum_size(name: str) -> None:
     spec = BACKBONES[name]
