@@ -66,6 +66,13 @@ AIRBENCH_VARIANTS: list[tuple[str, dict, dict, dict]] = [
     ("BatchNorm shifts at 1x the lr", {}, {"bn_bias_lr_scale": 1.0}, {}),
     ("BatchNorm with a learned scale, shifts at 1x", {"bn_scale": True}, {"bn_bias_lr_scale": 1.0}, {}),
     ("momentum 0.9 instead of 0.85", {}, {"momentum": 0.9}, {}),
+    # towards the reference (benchmarks/airbench_reference.py): one difference closed at a time
+    (
+        "airbench's head: no projection, the classifier on the features x 1/9",
+        {"embedding_dim": None, "logit_scale": 1 / 9},
+        {},
+        {},
+    ),
 ]
 
 

@@ -94,7 +94,7 @@ sys.exit(main(sys.argv[2:]))
 STAGES = [  # (stage, its command, its large outputs)
     ("download", ["stages/download.py"], ["data/raw"]),
     ("preprocess", ["stages/preprocess.py"], ["data/prepared"]),
-    ("train@mobilenetv2", ["stages/train.py", "mobilenetv2"], ["models/mobilenetv2.keras", "models/mobilenetv2.weights.h5"]),  # noqa: E501
+    ("train@smallnet", ["stages/train.py", "smallnet"], ["models/smallnet.keras", "models/smallnet.weights.h5"]),
     ("embed@mobilenetv2", ["stages/embed.py", "mobilenetv2"], ["data/embeddings/mobilenetv2.npz"]),
     ("stack", ["stages/stack.py"], ["data/stack/stack.npz", "models/stack.npz"]),
     # the stages after stack write many small files, each through the same writers: the first model's
