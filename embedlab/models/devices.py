@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -20,23 +20,6 @@ def configure_determinism(seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-def configure_cpu_threads() -> None:
-    """One inter-op thread on a machine without a GPU, unless the user set TensorFlow's threading already.
-
-    Why: each of a CNN step's kernels already spreads over every core (the intra-op threads); a second inter-op
-    thread only runs another kernel beside it on the same cores, and a kernel then started from an intra-op thread
-    runs on one core. On 2 cores the airbench port's step took 2.1 s with one inter-op thread in every process
-    measured, and 2.1-4.2 s with TensorFlow's default (docs/performance.md). Must run before TensorFlow starts its
-    runtime; it leaves a runtime already started alone."""
-    import tensorflow as tf
-
-    threading = tf.config.threading
-    if tf.config.list_physical_devices("GPU") or threading.get_inter_op_parallelism_threads():
-        return
-    with suppress(RuntimeError):  # the runtime has started (a test, a notebook): keep its threads
-        threading.set_inter_op_parallelism_threads(1)
 
 
 def init_seed(seed: int, layer: int) -> int:

@@ -1,15 +1,8 @@
 """The train stage's data: the prepared splits, each epoch's seeded order and the tf.data pipelines.
 
-A split whose pixels fit in ``IN_MEMORY_BYTES`` is held in memory as one tensor and batched by TensorFlow ops alone.
-A larger one is streamed: each batch is read from ``data/prepared/images.npy`` when the pipeline needs it
-(:class:`~embedlab.data.prepared.ImageRows`, through ``tf.numpy_function``), so the stage's memory does not grow
-with the number of images (benchmarks/cost_curve.py measures it). Both deliver the same batches, byte for byte.
-
-Why not stream everything: on a CPU-only machine a training step fed through ``tf.numpy_function`` ran its kernels on
-one core in some processes and on both in others (the airbench port at batch 1024 on 2 cores: 2.1, 3.2 or 4.2 s a
-step from one process to the next, 1.1-1.9 cores busy), and the pipeline built from TensorFlow ops alone, with one
-inter-op thread (``embedlab.models.devices.configure_cpu_threads``), kept both cores busy every time
-(docs/performance.md)."""
+The images are streamed: each batch is read from ``data/prepared/images.npy`` when the pipeline needs it
+(:class:`~embedlab.data.prepared.ImageRows`), so the stage's memory does not grow with the number of images
+(benchmarks/cost_curve.py measures it). Only the labels are held in memory."""
 
 from __future__ import annotations
 
@@ -30,9 +23,6 @@ EVAL_BATCH_IMAGES = 512
 EVAL_BATCH_FACTOR = 4
 # alternate_flip: the share of images shown mirrored in even epochs (airbench's fair coin: each side half the time).
 FLIP_SHARE = 0.5
-# A split with at most this many bytes of pixels is held in memory (CIFAR-10's 45,000 training images at 32 px take
-# 138 MB); a larger one is streamed from the file.
-IN_MEMORY_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -48,7 +38,6 @@ class TrainingData:
     _datasets: dict[str, object] = field(default_factory=dict)
     _train_pipeline: tuple | None = None  # (key, dataset): train_dataset
     _epoch: tuple[np.ndarray, int | None] = (np.zeros(0, "int64"), None)  # the order and flip parity it reads
-    _epoch_state: tuple | None = None  # the same, as variables, for the in-memory pipeline
 
     @classmethod
     def load(cls, prepared_dir: Path, train: TrainParams) -> TrainingData:
@@ -101,47 +90,21 @@ class TrainingData:
             images, labels = self.splits["train"]
             coins = np.random.default_rng(self.train.seed).random(self.train_size) < FLIP_SHARE
             size, batch = len(order), self.train.batch_size
-            if _fits_in_memory(images):
-                batches = self._in_memory_batches(images, labels, coins, size, flip=flip_parity is not None)
-            else:
 
-                def read(start: np.int64) -> tuple[np.ndarray, np.ndarray]:
-                    """Batch ``start`` of the current order, read from the file, mirrored where its coins say."""
-                    order, parity = self._epoch
-                    rows = order[start : min(start + batch, size)]
-                    pixels = images[rows]
-                    if parity is not None:
-                        mirror = coins[rows] != bool(parity)
-                        pixels[mirror] = pixels[mirror, :, ::-1]
-                    return pixels, labels[rows].astype("int32")
+            def read(start: np.int64) -> tuple[np.ndarray, np.ndarray]:
+                """Batch ``start`` of the current order, read from the file, mirrored where its coins say."""
+                order, parity = self._epoch
+                rows = order[start : min(start + batch, size)]
+                pixels = images[rows]
+                if parity is not None:
+                    mirror = coins[rows] != bool(parity)
+                    pixels[mirror] = pixels[mirror, :, ::-1]
+                return pixels, labels[rows].astype("int32")
 
-                batches = tf.data.Dataset.range(0, size, batch).map(lambda start: self._read_batch(read, start))
+            batches = tf.data.Dataset.range(0, size, batch).map(lambda start: self._read_batch(read, start))
             self._train_pipeline = (key, self._finish(batches, augment))
         self._epoch = (order, flip_parity)
-        if self._epoch_state is not None:  # the in-memory pipeline reads the order and parity from variables
-            self._epoch_state[0].assign(order.astype("int64"))
-            self._epoch_state[1].assign(int(flip_parity or 0))
         return self._train_pipeline[1]
-
-    def _in_memory_batches(self, images, labels: np.ndarray, coins: np.ndarray, size: int, *, flip: bool):
-        """``read``'s batches, from one in-memory tensor of the split, by TensorFlow ops alone."""
-        import tensorflow as tf
-
-        pixels = tf.constant(np.asarray(images[np.arange(len(labels))]))
-        ids, mirror_coin = tf.constant(labels.astype("int32")), tf.constant(coins)
-        self._epoch_state = (tf.Variable(np.zeros(size, "int64"), trainable=False), tf.Variable(0, trainable=False))
-        order, parity = self._epoch_state
-        batch = self.train.batch_size
-
-        def read(start):
-            rows = order[start : tf.minimum(start + batch, size)]
-            chosen = tf.gather(pixels, rows)
-            if flip:
-                mirror = tf.not_equal(tf.gather(mirror_coin, rows), tf.cast(parity, tf.bool))
-                chosen = tf.where(mirror[:, None, None, None], tf.reverse(chosen, axis=[2]), chosen)
-            return self._targets(chosen, tf.gather(ids, rows))
-
-        return tf.data.Dataset.range(0, size, batch).map(read)
 
     def dataset(self, split: str):
         """The whole split, unaugmented, in its stored order (built once)."""
@@ -172,13 +135,6 @@ class TrainingData:
         pixels, ids = tf.numpy_function(read, [start], (tf.uint8, tf.int32))
         pixels.set_shape((None, self.image_size, self.image_size, 3))
         ids.set_shape((None,))
-        return self._targets(pixels, ids)
-
-    def _targets(self, pixels, ids):
-        """A batch as the trainer takes it: pixels, and its two targets, one-hot labels (softmax) and class ids
-        (triplet)."""
-        import tensorflow as tf
-
         return pixels, {"logits": tf.one_hot(ids, self.num_classes, dtype="float32"), "embedding": ids}
 
     def _make(self, images: ImageRows | np.ndarray, labels: np.ndarray, mirror: bool = False):
@@ -191,15 +147,6 @@ class TrainingData:
 
         batch = max(self.train.batch_size, min(EVAL_BATCH_FACTOR * self.train.batch_size, EVAL_BATCH_IMAGES))
         batch = max(forward_batch_size(batch, self.image_size), self.train.batch_size)
-
-        if _fits_in_memory(images):
-            pixels = np.asarray(images[np.arange(len(labels))])
-            pixels = tf.constant(pixels[:, :, ::-1] if mirror else pixels)
-            ids = tf.constant(labels.astype("int32"))
-            batches = tf.data.Dataset.range(0, len(labels), batch).map(
-                lambda start: self._targets(pixels[start : start + batch], ids[start : start + batch])
-            )
-            return self._finish(batches)
 
         def read(start: np.int64) -> tuple[np.ndarray, np.ndarray]:
             pixels = images[start : start + batch]
@@ -223,8 +170,3 @@ class TrainingData:
             # calls would race for them, handing a batch another batch's draws whenever tf.data chose to run ahead.
             ds = ds.map(apply)
         return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def _fits_in_memory(images: ImageRows | np.ndarray) -> bool:
-    """Whether a split's pixels are small enough to hold as one tensor (``IN_MEMORY_BYTES``)."""
-    return int(np.prod(images.shape)) * np.dtype(images.dtype).itemsize <= IN_MEMORY_BYTES

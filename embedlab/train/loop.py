@@ -33,7 +33,6 @@ from embedlab.core.errors import UserError
 from embedlab.core.params import AugmentParams, ModelParams, TrainParams
 from embedlab.models.devices import (
     check_workers_agree,
-    configure_cpu_threads,
     configure_determinism,
     is_chief,
     make_strategy,
@@ -152,7 +151,6 @@ class Trainer:
         from embedlab.models.smallnet import apply_init_options
 
         train, model_params = self.train_params, self.model_params
-        configure_cpu_threads()
         strategy = make_strategy(train.strategy)  # first: a multi-worker cluster must be joined before any TF op
         if not is_chief(strategy):  # the same steps as the chief (every collective needs all workers), into scratch
             self.chief = False

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 
-@pytest.mark.parametrize("held", ["in memory", "streamed"])
-def test_alternating_flip_shows_every_image_both_ways_in_two_epochs(held: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alternating_flip_shows_every_image_both_ways_in_two_epochs() -> None:
     from embedlab.core.params import TrainParams
-    from embedlab.train import data as training_data
     from embedlab.train.data import TrainingData
-
-    if held == "streamed":
-        monkeypatch.setattr(training_data, "IN_MEMORY_BYTES", 0)
 
     images = np.random.default_rng(0).integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
     data = TrainingData({"train": (images, np.arange(40) % 2)}, 2, 4, [], TrainParams(batch_size=16, seed=3))

@@ -208,21 +208,6 @@ def test_onednn_is_on_unless_the_user_turns_it_off(user_setting: str | None, exp
 
 
 @slow
-@pytest.mark.parametrize(("user_threads", "expected"), [(None, 1), (3, 3)])
-def test_one_inter_op_thread_on_a_cpu_unless_the_user_chose(user_threads: int | None, expected: int) -> None:
-    """configure_cpu_threads (docs/performance.md): one inter-op thread on a machine without a GPU; a user's own
-    setting stays."""
-    script = (
-        "import tensorflow as tf; from embedlab.models.devices import configure_cpu_threads;"
-        + (f"tf.config.threading.set_inter_op_parallelism_threads({user_threads});" if user_threads else "")
-        + "configure_cpu_threads(); print(tf.config.threading.get_inter_op_parallelism_threads())"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(expected)
-
-
-@slow
 def test_mirrored_on_two_logical_cpus(workdir: Path, tmp_path: Path) -> None:
     script = (
         "import tensorflow as tf, sys, runpy;"
@@ -431,20 +416,12 @@ def test_train_seed_decides_every_initial_weight(workdir: Path, tmp_path: Path, 
     assert len(random) >= 4 and all(not np.array_equal(a, c) for a, c in random)
 
 
-@pytest.mark.parametrize("held", ["in memory", "streamed"])
 @pytest.mark.parametrize("stored", ["file", "array"])
-def test_one_training_pipeline_serves_every_epochs_order(
-    stored: str, held: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The batches are the order's rows, read from the prepared file (the stage) or an array (tests) alike, held in
-    memory or streamed from it batch by batch."""
+def test_one_training_pipeline_serves_every_epochs_order(stored: str, tmp_path: Path) -> None:
+    """The batches are the order's rows, read from the prepared file (the stage) or an array (tests) alike."""
     from embedlab.core.params import TrainParams
     from embedlab.data.prepared import ImageRows
-    from embedlab.train import data as training_data
     from embedlab.train.data import TrainingData
-
-    if held == "streamed":
-        monkeypatch.setattr(training_data, "IN_MEMORY_BYTES", 0)
 
     images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # image i is all i
     labels = np.arange(10) % 3
