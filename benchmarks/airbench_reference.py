@@ -117,6 +117,7 @@ def main() -> None:
 
     result = {
         "cpu": cpu_description(),
+        "seed": args.seed,
         "train_images": size,
         "epochs": args.epochs,
         "train_seconds": round(seconds, 1),

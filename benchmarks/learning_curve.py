@@ -78,6 +78,7 @@ def train_and_score(
         "epochs": epochs,
         "train_seconds": round(seconds, 1),
         "fit_seconds": result.metrics["seconds_fit"],  # the optimisation alone: what the reference's time measures
+        "cpu_cores_used": result.metrics["cpu_cores_used"],  # < cores: the steps did not get the whole machine
         "map@5": metrics["map@5"],
         "precision@1": metrics["precision@1"],
         "test_accuracy": result.metrics["test_accuracy"],

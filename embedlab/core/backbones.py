@@ -20,7 +20,7 @@ class Backbone:
     weights_file: (
         str | None
     )  # the no-top ImageNet file Keras downloads into ~/.keras/models/; None: no ImageNet weights
-    smallnet_options: bool = False  # model.whiten_stem, identity_init, freeze_stem and bn_scale apply to it
+    smallnet_options: bool = False  # model.widths, whiten_stem, identity_init, freeze_stem and bn_scale apply to it
 
     @property
     def imagenet_weights(self) -> bool:
@@ -39,5 +39,8 @@ BACKBONES: dict[str, Backbone] = {
     # built for training from scratch on small images
     "smallnet": Backbone("SmallNet", "tf", 16, None, smallnet_options=True),
 }
+
+# smallnet's three block widths by default (airbench94's): each block halves the side, so three suit 32-64 px inputs
+SMALLNET_WIDTHS = (64, 256, 256)
 
 BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]  # the names params.yaml accepts

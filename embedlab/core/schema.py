@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
-from embedlab.core.backbones import BackboneName
+from embedlab.core.backbones import SMALLNET_WIDTHS, BackboneName
 from embedlab.core.errors import UserError
 
 Fraction = Annotated[float, Field(gt=0, lt=1)]
@@ -121,9 +121,9 @@ class ModelParams(_Section):
     """the classifier's input (the unit embedding, or the features with `embedding_dim: null`) is multiplied by this
     (a normalised-softmax head when > 1; with `head: cosine`, the inverse temperature of the cosine logits)"""
     head: Literal["linear", "cosine"] = "linear"
-    """the softmax classifier on the unit embedding: `linear` (a dense layer with bias) or `cosine` (logits =
-    `logit_scale` × the cosine between the embedding and each class's unit weight vector: the classifier then
-    separates classes by angle, the geometry cosine retrieval ranks by)"""
+    """the softmax classifier on the unit embedding (on the features with `embedding_dim: null`): `linear` (a dense
+    layer with bias) or `cosine` (logits = `logit_scale` × the cosine between its input and each class's unit weight
+    vector: the classifier then separates classes by angle, the geometry cosine retrieval ranks by)"""
     whiten_stem: bool = False
     """smallnet only: initialise its 2×2 stem from the training images, as the whitening of their 2×2 patches
     (airbench's patch whitening; see [the ablation](../benchmarks/README.md#what-each-recipe-choice-buys-an-ablation)).
@@ -136,6 +136,11 @@ class ModelParams(_Section):
     bn_scale: bool = True
     """smallnet only: `false` drops BatchNorm's learned scale, as airbench does (each normalised unit keeps unit
     variance; only its shift learns; pair it with `train.bn_bias_lr_scale`). Set it under `backbones.smallnet`"""
+    widths: Annotated[list[Annotated[int, Field(ge=8, le=1024)]], Field(min_length=3, max_length=3)] = list(
+        SMALLNET_WIDTHS
+    )
+    """smallnet only: the channels of its three blocks. airbench95 widens airbench94's `[64, 256, 256]` to `[128, 384,
+    384]`; a block's compute grows with the square of its width. Set it under `backbones.smallnet`"""
     freeze_stem: bool = False
     """smallnet only: its 2×2 stem's kernel does not train (its bias does): with `whiten_stem`, airbench's frozen
     whitening. Trained, and decayed by weight decay, the whitened filters lost 13× their norm in a 10-epoch CIFAR-10
@@ -145,6 +150,7 @@ class ModelParams(_Section):
 # The model.* keys that only a backbone with ``smallnet_options`` in its registry entry (embedlab.core.backbones)
 # accepts at a value other than the default, and what the others lack.
 SMALLNET_OPTIONS = {
+    "widths": "block widths",
     "whiten_stem": "whitening stem",
     "identity_init": "identity-initialised blocks",
     "bn_scale": "BatchNorm scale option",

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from embedlab.core.backbones import BACKBONES
+from embedlab.core.backbones import BACKBONES, SMALLNET_WIDTHS
 from embedlab.core.errors import UserError
 from embedlab.models.devices import init_seed
 from embedlab.models.smallnet import build_smallnet
@@ -110,13 +110,15 @@ def keras_weights_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def _build_backbone(name: str, weights: str | None, side: int, *, bn_scale: bool, seed: int) -> keras.Model:
+def _build_backbone(
+    name: str, weights: str | None, side: int, *, bn_scale: bool, widths: tuple[int, ...], seed: int
+) -> keras.Model:
     """Instantiate the Keras application; an offline ImageNet download fails with the file and folder to fix it."""
     spec = BACKBONES[name]
     if weights == "imagenet" and not spec.imagenet_weights:
         raise UserError(f"model.weights=imagenet: {name} has no ImageNet weights; use null or a .weights.h5 path")
     if spec.build == "SmallNet":
-        return build_smallnet(side, seed=seed, bn_scale=bn_scale)
+        return build_smallnet(side, seed=seed, widths=widths, bn_scale=bn_scale)
     application = getattr(keras.applications, spec.build)
     keras_weights = "imagenet" if weights == "imagenet" else None
     try:
@@ -169,6 +171,7 @@ def build_models(
     logit_scale: float = 1.0,
     head: str = "linear",
     bn_scale: bool = True,
+    widths: tuple[int, ...] = SMALLNET_WIDTHS,
 ) -> Models:
     """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head.
 
@@ -183,7 +186,7 @@ def build_models(
     if side != image_size:
         x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
-    backbone = _build_backbone(name, weights, side, bn_scale=bn_scale, seed=seed)
+    backbone = _build_backbone(name, weights, side, bn_scale=bn_scale, widths=tuple(widths), seed=seed)
     backbone.name = f"{name}_backbone"
     if weights is None and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers):
         _he_init(backbone, seed)
@@ -193,14 +196,14 @@ def build_models(
                 layer.momentum = bn_momentum
     x = keras.layers.Dropout(dropout, name="dropout")(backbone(x))
     if embedding_dim is None:  # the pooled features are the embedding, and the classifier reads them as they are
-        features = x
-        embedding = L2Normalize(name="embedding")(features)
+        embedding = L2Normalize(name="embedding")(x)
+        classifier_input = x
     else:
         embedding = L2Normalize(name="embedding")(keras.layers.Dense(embedding_dim, name="projection")(x))
-        features = embedding
+        classifier_input = embedding
     embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
     # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
-    head_input = StopGradient(name="probe")(features) if probe_head else features
+    head_input = StopGradient(name="probe")(classifier_input) if probe_head else classifier_input
     if head == "cosine":
         logits = CosineLogits(num_classes, logit_scale, dtype="float32", name="logits")(head_input)
     else:

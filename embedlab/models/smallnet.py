@@ -1,8 +1,9 @@
 """smallnet: a network for small images trained from scratch, its recipe constants, and its initialisation options.
 
-The build (:func:`build_smallnet`) follows the airbench family (K. Jordan, 2024). Its initialisation options
-(``model.whiten_stem``, ``identity_init``, ``freeze_stem``, ``bn_scale``) are applied by :func:`apply_init_options`;
-the params validation refuses them for backbones whose registry entry has no ``smallnet_options``.
+The build (:func:`build_smallnet`, its block ``model.widths``) follows the airbench family (K. Jordan, 2024). Its
+initialisation options (``model.whiten_stem``, ``identity_init``, ``freeze_stem``, ``bn_scale``) are applied by
+:func:`apply_init_options`; the params validation refuses these and ``widths`` for backbones whose registry entry has
+no ``smallnet_options``.
 
 Patch whitening (``model.whiten_stem``): the stem is a 2×2 convolution at full resolution. Initialised from the
 data instead of at random, its filters are the eigenvectors of the covariance of the training images' 2×2 patches
@@ -17,13 +18,13 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from embedlab.core.backbones import SMALLNET_WIDTHS
 from embedlab.models.devices import init_seed
 
 if TYPE_CHECKING:
     from embedlab.core.params import ModelParams
 
 # smallnet's recipe, in one block (airbench94's choices; docs/cifar10.md measures what each buys).
-WIDTHS = (64, 256, 256)  # one block per width; each block halves the side, so 3 blocks suit 32-64 px inputs
 STEM_KERNEL = 2  # the stem sees 2x2 patches at full resolution
 STEM_WIDTH = 2 * STEM_KERNEL**2 * 3  # 24: room for each of the 12 patch eigenvectors of an RGB patch, in both signs
 BN_EPSILON = 1e-5  # PyTorch's default, which airbench's recipe was tuned with (Keras' default is 1e-3)
@@ -35,7 +36,9 @@ WHITENING_EPS = 5e-4
 WHITENING_IMAGES = 5000
 
 
-def build_smallnet(side: int, *, seed: int, widths: tuple[int, ...] = WIDTHS, bn_scale: bool = True) -> keras.Model:
+def build_smallnet(
+    side: int, *, seed: int, widths: tuple[int, ...] = SMALLNET_WIDTHS, bn_scale: bool = True
+) -> keras.Model:
     """A network shaped for small images, after the airbench family (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on
     a single GPU", 2024): a 2x2 stem convolution at full resolution, then per width one block of conv -> max-pool
     -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU, and a global max pool.

@@ -179,6 +179,7 @@ class Trainer:
                 logit_scale=model_params.logit_scale,
                 head=model_params.head,
                 bn_scale=model_params.bn_scale,
+                widths=tuple(model_params.widths),
             )
         apply_init_options(models, model_params, data.splits["train"][0], seed=train.seed)
         best = self.checkpoints.best_weights(state) if state.best_file else None

@@ -23,6 +23,22 @@ def test_smallnet_without_batchnorm_scale_has_shifts_only() -> None:
         assert len(norms) == 6 and all(lay.scale is bn_scale and lay.center for lay in norms)
 
 
+def test_widths_set_each_block_and_the_embedding_without_a_projection() -> None:
+    """``backbones.smallnet.widths`` reaches the built network: each block's convolutions have its width, and with
+    ``embedding_dim: null`` the embedding is as wide as the last block."""
+    from embedlab.models.backbones import build_models
+
+    params = parse_params({"model": {"embedding_dim": None}, "backbones": {"smallnet": {"widths": [16, 24, 40]}}})
+    model_params, _ = params.for_backbone("smallnet")
+    models = build_models(
+        "smallnet", 32, 10, seed=0, embedding_dim=model_params.embedding_dim, widths=tuple(model_params.widths)
+    )
+    for block, width in enumerate((16, 24, 40), start=1):
+        for conv in ("conv1", "conv2"):
+            assert models.backbone.get_layer(f"block{block}_{conv}").filters == width
+    assert models.embedding.output_shape == (None, 40)
+
+
 def _correlated_images(count: int = 200, side: int = 12, seed: int = 0) -> np.ndarray:
     """Smooth, channel-correlated images: their 2×2 patches are far from white."""
     rng = np.random.default_rng(seed)
@@ -87,6 +103,9 @@ def test_identity_init_passes_each_block_input_through_its_first_filters() -> No
         ({"backbones": {"vgg16": {"whiten_stem": True}}}, "params.yaml: backbones.vgg16.whiten_stem: vgg16 has no"),
         ({"model": {"identity_init": True}}, "params.yaml: model.identity_init: densenet121 has no identity-init"),
         ({"backbones": {"vgg16": {"identity_init": True}}}, "params.yaml: backbones.vgg16.identity_init: vgg16 "),
+        ({"backbones": {"vgg16": {"widths": [8, 8, 8]}}}, "params.yaml: backbones.vgg16.widths: vgg16 has no block"),
+        ({"backbones": {"smallnet": {"widths": [64, 256]}}}, "params.yaml: backbones.smallnet.widths: "),
+        ({"backbones": {"smallnet": {"widths": [64, 256, 4]}}}, "params.yaml: backbones.smallnet.widths.2: "),
     ],
 )
 def test_a_smallnet_init_on_another_backbone_is_one_line_naming_the_key(raw: dict, start: str) -> None:
