@@ -7,6 +7,9 @@
   ``cudart_stub.cc``) are printed through Abseil before that setting is read, on every import. They are filtered
   out of stderr while ``tensorflow`` is first imported; any other line printed then still reaches stderr.
   ``TF_CPP_MIN_LOG_LEVEL=0`` shows everything again.
+- **Input pipelines without autotuning.** tf.data's autotuning thread sleeps up to 60 s between rounds, and
+  deleting an iterator, which Keras does at the end of every ``fit``, ``evaluate`` and ``predict``, waits for it to
+  wake: after each full-scale CIFAR-10 epoch the machine sat idle for 30-60 s (:func:`finish_pipeline`).
 - **Forward passes sized by pixels.** Embedding and scoring batches are cut to a pixel budget
   (:func:`forward_batch_size`), so large images do not multiply activation memory.
 """
@@ -37,6 +40,25 @@ KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf1
 # a batch's pixels, and at 224 px a 256-image batch of smallnet took 8.6 GB (benchmarks/cost_curve.py). 256 images
 # of 64 px, so 32 and 64 px data keep the batch sizes asked for.
 FORWARD_BATCH_PIXELS = 256 * 64 * 64
+
+
+# Batches an input pipeline reads ahead of the model: one being consumed, one ready.
+PREFETCH_BATCHES = 2
+
+
+def finish_pipeline(dataset):
+    """``dataset`` reading ``PREFETCH_BATCHES`` batches ahead, with tf.data's autotuning off.
+
+    Why off: the autotuning thread waits between optimisation rounds, up to 60 s once an iterator has run for a
+    minute, and an iterator's deletion waits for that thread to wake. Keras deletes its iterator at the end of every
+    ``fit``, so each 90-second training epoch of smallnet on CIFAR-10 was followed by 30-60 s of an idle machine
+    (the whole run: 1.3 of 2 cores busy). Our pipelines have nothing to tune: one batch is read or augmented at a
+    time, in order (the random layers must draw in sequence), far faster than the model consumes it."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def forward_batch_size(requested: int, side: int) -> int:

@@ -145,7 +145,7 @@ def embed_images(
     """
     import tensorflow as tf
 
-    from embedlab.core.runtime import forward_batch_size
+    from embedlab.core.runtime import finish_pipeline, forward_batch_size
 
     count = len(images)
     batch_size = forward_batch_size(batch_size, images.shape[1])
@@ -164,7 +164,7 @@ def embed_images(
         dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
         # The batch count, told to Keras: its progress bar counts "3/8" instead of "3/Unknown", and it does not warn
         # that the input "ran out of data" when the last batch is read.
-        dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))).prefetch(2)
+        dataset = finish_pipeline(dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))))
         return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
 
     vectors = predict(mirror=False)

@@ -157,8 +157,11 @@ class TrainingData:
 
     @staticmethod
     def _finish(ds, augment=None):
-        """Augment each batch on the fly (training only), and prefetch."""
+        """Augment each batch on the fly (training only); prefetch without autotuning
+        (:func:`~embedlab.core.runtime.finish_pipeline`)."""
         import tensorflow as tf
+
+        from embedlab.core.runtime import finish_pipeline
 
         if augment is not None and len(augment.layers):
 
@@ -169,4 +172,4 @@ class TrainingData:
             # One batch at a time: the random layers draw their seeds from shared state variables, and parallel
             # calls would race for them, handing a batch another batch's draws whenever tf.data chose to run ahead.
             ds = ds.map(apply)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return finish_pipeline(ds)

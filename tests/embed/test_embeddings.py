@@ -27,6 +27,26 @@ def test_flip_average_is_the_normalised_mean_of_image_and_mirror() -> None:
     np.testing.assert_allclose(a, b / np.linalg.norm(b, axis=1, keepdims=True), atol=1e-5)
 
 
+def test_the_forward_pass_reads_ahead_without_tf_data_autotuning() -> None:
+    """Keras deletes predict's iterator at the end of the pass and would wait for an autotuning thread that sleeps up
+    to 60 s (embedlab.core.runtime.finish_pipeline): every pass reads its batches ahead, in order, with none."""
+    seen: list[tuple[bool, np.ndarray]] = []
+
+    class Recorder:
+        output_shape = (None, 2)
+
+        def predict(self, dataset, verbose: int = 0) -> np.ndarray:
+            pixels = np.concatenate(list(dataset.as_numpy_iterator()))
+            seen.append((dataset.options().autotune.enabled, pixels))
+            return pixels.reshape(len(pixels), -1)[:, :2].astype(np.float32)
+
+    images = np.random.default_rng(0).integers(0, 256, size=(7, 4, 5, 3), dtype=np.uint8)
+    embed_images(Recorder(), images, batch_size=3, progress=False, flip_average=True)
+    assert [enabled for enabled, _ in seen] == [False, False]
+    np.testing.assert_array_equal(seen[0][1], images)
+    np.testing.assert_array_equal(seen[1][1], images[:, :, ::-1])
+
+
 def test_embedding_prints_a_counted_progress_bar_and_no_warning(capfd: pytest.CaptureFixture[str]) -> None:
     """The embed stage's output in a `dvc repro` log: one line that counts the batches, no "Unknown" steps and no
     Keras warning that the input ran out of data."""

@@ -442,6 +442,8 @@ def test_one_training_pipeline_serves_every_epochs_order(stored: str, tmp_path: 
     scoring = data._make(ImageRows(tmp_path / "pixels.npy") if stored == "file" else pixels, labels, mirror=True)
     scored = np.concatenate([x for x, _ in scoring.as_numpy_iterator()])
     np.testing.assert_array_equal(scored, pixels[:, :, ::-1])  # scoring batches: every image, in order, mirrored
+    # no autotuning thread for Keras to wait on when it deletes the iterator (embedlab.core.runtime.finish_pipeline)
+    assert not pipelines[0].options().autotune.enabled and not scoring.options().autotune.enabled
 
 
 def test_an_epochs_augmentation_depends_only_on_its_seed() -> None:
