@@ -146,8 +146,8 @@ def worker(args: argparse.Namespace) -> dict:
         )
         plain = data.train_size / float(np.median(timer.wall))
         stage = epochs[0]["images"] / float(np.median(seconds))
-        # These 2-core machines switch for minutes at a time between full speed and half speed (one core lost:
-        # epoch times of 5.4 s or 10.3 s, nothing between); the fastest epoch of each is the like-for-like ratio.
+        # Epochs of one process still vary (before finish_pipeline, by an idle wait after some of them: 5.4 s or
+        # 10.3 s, nothing between); the fastest epoch of each is the like-for-like ratio.
         best_plain, best_stage = data.train_size / min(timer.wall), epochs[0]["images"] / min(seconds)
         result.update(
             images_per_second=round(stage, 1),
