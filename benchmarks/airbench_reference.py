@@ -3,6 +3,7 @@ data, so the pipeline's smallnet can be judged against it rather than against a 
 
     python benchmarks/airbench_reference.py --run ../cifar-run
     python benchmarks/airbench_reference.py --run ../cifar-run --with-val ...   # all 50,000 training images
+    python benchmarks/airbench_reference.py --run ../cifar-run --widths 128 384 384 --lr 10 --epochs 15  # airbench95
 
 It follows the paper and its `airbench94.py` (K. Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024):
 a frozen patch-whitening 2x2 stem (its bias trained for 3 epochs), three conv-pool-BN-GELU blocks of widths 64, 256,
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=9.9)
     parser.add_argument("--with-val", action="store_true", help="train on train+val (50,000 images)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--widths", type=int, nargs=3, default=WIDTHS, help="airbench95: 128 384 384")
+    parser.add_argument("--lr", type=float, default=LR, help="per 1,024 summed examples (airbench95: 10.0)")
     parser.add_argument("--out", type=Path, default=RESULTS / "airbench_reference.json")
     args = parser.parse_args()
 
@@ -53,12 +56,12 @@ def main() -> None:
     train_rows = np.isin(splits, ["train", "val"] if args.with_val else ["train"])
     x_train, y_train = normalise(data.images[train_rows]), data.labels[train_rows].astype("int32")
     x_test, y_test = normalise(data.images[splits == "test"]), data.labels[splits == "test"]
-    model, parts = build(len(data.class_names), args.seed)
+    model, parts = build(len(data.class_names), args.seed, tuple(args.widths))
     whiten(parts["stem"], x_train[:5000])
 
     # airbench's units: lr per 1024 examples of summed loss, divided by the Nesterov step growth 1 + 1/(1 - m)
     kilostep = 1024 * (1 + 1 / (1 - MOMENTUM))
-    lr, decay = LR / kilostep, WEIGHT_DECAY * BATCH / kilostep
+    lr, decay = args.lr / kilostep, WEIGHT_DECAY * BATCH / kilostep
     shifts, others, stem_bias = parts["shifts"], parts["others"], parts["stem"].bias
     variables = [*shifts, *others, stem_bias]
     velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
@@ -118,6 +121,8 @@ def main() -> None:
     result = {
         "cpu": cpu_description(),
         "seed": args.seed,
+        "widths": list(args.widths),
+        "lr": args.lr,
         "train_images": size,
         "epochs": args.epochs,
         "train_seconds": round(seconds, 1),
@@ -147,7 +152,7 @@ def crop(padded: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return out
 
 
-def build(classes: int, seed: int):
+def build(classes: int, seed: int, widths: tuple[int, int, int] = WIDTHS):
     """The network, and its variables grouped as the optimizer treats them."""
     import keras
 
@@ -156,7 +161,7 @@ def build(classes: int, seed: int):
     stem = keras.layers.Conv2D(24, 2, padding="valid", name="stem")
     x = keras.layers.Activation("gelu")(stem(inputs))
     convs, norms, width_in = [], [], 24
-    for b, width in enumerate(WIDTHS):
+    for b, width in enumerate(widths):
         for c in (1, 2):
             conv = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}")
             x = conv(x)

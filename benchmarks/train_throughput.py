@@ -258,7 +258,7 @@ def recorded_run_roofline(results_dir: Path) -> None:
     for name in params.backbones:
         model_params, train_params = params.for_backbone(name)
         metrics = read_report(results_dir, "train", name)
-        models = build_models(name, params.data.image_size, 10, embedding_dim=model_params.embedding_dim, seed=0)
+        models = build_models(name, params.data.image_size, 10, model_params, seed=0)
         train_gflop = 3 * forward_flops(models.trainer) / 1e9
         roof = gflops / train_gflop
         print(

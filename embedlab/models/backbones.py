@@ -15,8 +15,9 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from embedlab.core.backbones import BACKBONES, SMALLNET_WIDTHS
+from embedlab.core.backbones import BACKBONES
 from embedlab.core.errors import UserError
+from embedlab.core.params import ModelParams
 from embedlab.models.devices import init_seed
 from embedlab.models.smallnet import build_smallnet
 
@@ -160,33 +161,30 @@ def build_models(
     name: str,
     image_size: int,
     num_classes: int,
+    model: ModelParams | None = None,
     *,
     seed: int,
-    embedding_dim: int | None = 128,
     dropout: float = 0.2,
-    weights: str | None = None,
-    input_size: int | None = None,
     bn_momentum: float | None = None,
     probe_head: bool = False,
-    logit_scale: float = 1.0,
-    head: str = "linear",
-    bn_scale: bool = True,
-    widths: tuple[int, ...] = SMALLNET_WIDTHS,
 ) -> Models:
-    """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head.
+    """Build the embedding model (the saved contract) and the training wrapper that adds the classifier head, as the
+    ``model.*`` params say (their defaults when ``model`` is None).
 
     ``seed`` (``train.seed``) decides every initial weight: the backbone's own seeded initialisers, and through
     Keras' global seed (set from the same seed by ``configure_determinism``) every unseeded one."""
+    model = model or ModelParams()
+    weights, embedding_dim, logit_scale = model.weights, model.embedding_dim, model.logit_scale
     if name not in BACKBONES:
         raise UserError(f"model backbone {name!r} unknown; choose from {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
-    side = input_size_for(name, image_size, input_size)
+    side = input_size_for(name, image_size, model.input_size)
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0, dtype="float32", name="cast")(inputs)
     if side != image_size:
         x = keras.layers.Resizing(side, side, interpolation="bilinear", name="resize")(x)
     x = BackbonePreprocess(spec.preprocess, name="preprocess")(x)
-    backbone = _build_backbone(name, weights, side, bn_scale=bn_scale, widths=tuple(widths), seed=seed)
+    backbone = _build_backbone(name, weights, side, bn_scale=model.bn_scale, widths=tuple(model.widths), seed=seed)
     backbone.name = f"{name}_backbone"
     if weights is None and not any(isinstance(layer, keras.layers.BatchNormalization) for layer in backbone.layers):
         _he_init(backbone, seed)
@@ -204,7 +202,7 @@ def build_models(
     embedding_model = keras.Model(inputs, embedding, name=f"{name}_embedding")
     # With a triplet-only loss the classifier is a linear probe: it learns from the embedding but must not shape it.
     head_input = StopGradient(name="probe")(classifier_input) if probe_head else classifier_input
-    if head == "cosine":
+    if model.head == "cosine":
         logits = CosineLogits(num_classes, logit_scale, dtype="float32", name="logits")(head_input)
     else:
         if logit_scale != 1.0:

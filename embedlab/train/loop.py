@@ -169,17 +169,11 @@ class Trainer:
                 self.name,
                 data.image_size,
                 data.num_classes,
+                model_params,
                 seed=train.seed,
-                embedding_dim=model_params.embedding_dim,
                 dropout=train.dropout,
-                weights=model_params.weights,
-                input_size=model_params.input_size,
                 bn_momentum=None if pretrained else FROM_SCRATCH_BN_MOMENTUM,
                 probe_head=train.loss == "triplet",
-                logit_scale=model_params.logit_scale,
-                head=model_params.head,
-                bn_scale=model_params.bn_scale,
-                widths=tuple(model_params.widths),
             )
         apply_init_options(models, model_params, data.splits["train"][0], seed=train.seed)
         best = self.checkpoints.best_weights(state) if state.best_file else None

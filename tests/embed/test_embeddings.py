@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from embedlab.core.params import ModelParams
 from embedlab.embed.embeddings import embed_images
 
 
@@ -52,7 +53,7 @@ def test_embedding_prints_a_counted_progress_bar_and_no_warning(capfd: pytest.Ca
     Keras warning that the input ran out of data."""
     from embedlab.models.backbones import build_models
 
-    model = build_models("smallnet", 16, 3, embedding_dim=8, seed=0).embedding
+    model = build_models("smallnet", 16, 3, ModelParams(embedding_dim=8), seed=0).embedding
     images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
     vectors = embed_images(model, images, batch_size=4, progress=True)
     printed = "".join(capfd.readouterr())

@@ -12,6 +12,7 @@ import pytest
 
 from embedlab.core.backbones import BACKBONES
 from embedlab.core.errors import UserError
+from embedlab.core.params import ModelParams
 from embedlab.models.backbones import BackbonePreprocess, build_models, input_size_for
 from embedlab.models.io import load_embedding_model
 
@@ -31,7 +32,7 @@ def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def test_contract_uint8_in_unit_norm_out(tmp_path: Path) -> None:
-    models = build_models("mobilenetv2", 32, num_classes=5, embedding_dim=24, seed=0)
+    models = build_models("mobilenetv2", 32, 5, ModelParams(embedding_dim=24), seed=0)
     model = models.embedding
     assert model.inputs[0].dtype == "uint8" and tuple(model.inputs[0].shape) == (None, 32, 32, 3)
     out = np.asarray(model.predict(_images(6, 32), verbose=0))
@@ -48,7 +49,7 @@ def test_contract_uint8_in_unit_norm_out(tmp_path: Path) -> None:
 def test_without_a_projection_the_embedding_is_the_features_and_the_classifier_reads_them_scaled() -> None:
     """``model.embedding_dim: null`` (airbench's head): the unit embedding is the backbone's pooled features, and the
     logits are a dense layer on the features times ``logit_scale``, not on the unit embedding."""
-    models = build_models("smallnet", 32, num_classes=4, embedding_dim=None, dropout=0.0, logit_scale=1 / 9, seed=0)
+    models = build_models("smallnet", 32, 4, ModelParams(embedding_dim=None, logit_scale=1 / 9), dropout=0.0, seed=0)
     images = _images(5, 32)
     features = np.asarray(models.backbone(models.embedding.get_layer("preprocess")(images.astype("float32"))))
     out = np.asarray(models.embedding(images))
@@ -63,7 +64,7 @@ def test_without_a_projection_the_embedding_is_the_features_and_the_classifier_r
 @pytest.mark.parametrize("name", list(BACKBONES))
 def test_each_backbone_builds_at_its_minimum_size(name: str) -> None:
     spec = BACKBONES[name]
-    models = build_models(name, 32, num_classes=3, embedding_dim=8, seed=0)
+    models = build_models(name, 32, 3, ModelParams(embedding_dim=8), seed=0)
     side = input_size_for(name, 32, None)
     assert side == max(32, spec.min_size)
     if side != 32:  # Xception: the model upsamples 32 px input to its 71 px floor inside
@@ -87,20 +88,20 @@ def test_preprocess_layer_matches_keras(mode: str, reference) -> None:
 
 
 def test_weights_path_round_trip(tmp_path: Path) -> None:
-    first = build_models("mobilenetv2", 32, num_classes=4, embedding_dim=16, seed=0)
+    first = build_models("mobilenetv2", 32, 4, ModelParams(embedding_dim=16), seed=0)
     rng = np.random.default_rng(3)  # weights no fresh build has (cheaper than a training step)
     first.trainer.set_weights([w + rng.normal(0, 0.01, w.shape).astype(w.dtype) for w in first.trainer.get_weights()])
     path = tmp_path / "trained.weights.h5"
     first.trainer.save_weights(path)
-    second = build_models("mobilenetv2", 32, num_classes=4, embedding_dim=16, weights=str(path), seed=0)
+    second = build_models("mobilenetv2", 32, 4, ModelParams(embedding_dim=16, weights=str(path)), seed=0)
     x = _images(4, 32, seed=9)
     np.testing.assert_allclose(
         np.asarray(second.embedding(x, training=False)), np.asarray(first.embedding(x, training=False)), atol=1e-6
     )
     with pytest.raises(UserError, match="does not fit"):
-        build_models("mobilenetv2", 32, num_classes=4, embedding_dim=32, weights=str(path), seed=0)
+        build_models("mobilenetv2", 32, 4, ModelParams(embedding_dim=32, weights=str(path)), seed=0)
     with pytest.raises(UserError, match=r"\.weights\.h5"):
-        build_models("mobilenetv2", 32, num_classes=4, weights=str(tmp_path / "model.h5"), seed=0)
+        build_models("mobilenetv2", 32, 4, ModelParams(weights=str(tmp_path / "model.h5")), seed=0)
 
 
 def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +115,7 @@ def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(file_utils, "get_file", offline)
     monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(UserError) as err:
-        build_models("resnet50", 32, num_classes=3, weights="imagenet", seed=0)
+        build_models("resnet50", 32, 3, ModelParams(weights="imagenet"), seed=0)
     message = str(err.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
     assert str(tmp_path / "keras" / "models") in message
@@ -123,7 +124,7 @@ def test_offline_imagenet_names_file_and_folder(tmp_path: Path, monkeypatch: pyt
 
 @pytest.mark.parametrize(("size", "classes"), [(16, 2), (32, 10), (48, 3)])
 def test_smallnet_trains_one_step_at_any_size_and_class_count(size: int, classes: int) -> None:
-    models = build_models("smallnet", size, num_classes=classes, embedding_dim=12, logit_scale=16.0, seed=0)
+    models = build_models("smallnet", size, classes, ModelParams(embedding_dim=12, logit_scale=16.0), seed=0)
     assert [layer.name for layer in models.backbone.layers if "pool" in layer.name][-1] == "max_pool"
     models.trainer.compile(optimizer="sgd", loss={"logits": "categorical_crossentropy"})
     images, labels = _images(8, size), np.eye(classes, dtype="float32")[np.arange(8) % classes]
@@ -139,7 +140,7 @@ def test_smallnet_trains_one_step_at_any_size_and_class_count(size: int, classes
 
 def test_smallnet_has_no_imagenet_weights() -> None:
     with pytest.raises(UserError, match="smallnet has no ImageNet weights"):
-        build_models("smallnet", 32, num_classes=3, weights="imagenet", seed=0)
+        build_models("smallnet", 32, 3, ModelParams(weights="imagenet"), seed=0)
 
 
 def test_a_missing_or_corrupt_model_file_is_one_line_naming_its_stage(tmp_path: Path) -> None:
@@ -155,7 +156,7 @@ def test_a_missing_or_corrupt_model_file_is_one_line_naming_its_stage(tmp_path: 
 def test_a_cosine_head_scores_by_angle_and_survives_saving(tmp_path: Path) -> None:
     """``model.head: cosine``: logits are logit_scale × cos(embedding, class weight), whatever the weights' lengths,
     and the trainer (head included) saves and loads as it computes."""
-    models = build_models("smallnet", 16, num_classes=3, embedding_dim=8, logit_scale=10.0, head="cosine", seed=0)
+    models = build_models("smallnet", 16, 3, ModelParams(embedding_dim=8, logit_scale=10.0, head="cosine"), seed=0)
     images = _images(4, 16)
     head = models.trainer.get_layer("logits")
     kernel = np.asarray(head.kernel)

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from embedlab.core.params import ParamsError, parse_params
+from embedlab.core.params import ModelParams, ParamsError, parse_params
 from embedlab.models.smallnet import patch_whitening_kernel, whiten_stem
 
 
@@ -18,7 +18,7 @@ def test_smallnet_without_batchnorm_scale_has_shifts_only() -> None:
     from embedlab.models.backbones import build_models
 
     for bn_scale in (True, False):
-        models = build_models("smallnet", 32, 10, bn_scale=bn_scale, seed=0)
+        models = build_models("smallnet", 32, 10, ModelParams(bn_scale=bn_scale), seed=0)
         norms = [lay for lay in models.backbone.layers if isinstance(lay, keras.layers.BatchNormalization)]
         assert len(norms) == 6 and all(lay.scale is bn_scale and lay.center for lay in norms)
 
@@ -30,9 +30,7 @@ def test_widths_set_each_block_and_the_embedding_without_a_projection() -> None:
 
     params = parse_params({"model": {"embedding_dim": None}, "backbones": {"smallnet": {"widths": [16, 24, 40]}}})
     model_params, _ = params.for_backbone("smallnet")
-    models = build_models(
-        "smallnet", 32, 10, seed=0, embedding_dim=model_params.embedding_dim, widths=tuple(model_params.widths)
-    )
+    models = build_models("smallnet", 32, 10, model_params, seed=0)
     for block, width in enumerate((16, 24, 40), start=1):
         for conv in ("conv1", "conv2"):
             assert models.backbone.get_layer(f"block{block}_{conv}").filters == width
@@ -70,7 +68,7 @@ def test_whiten_stem_sets_the_kernel_from_what_the_stem_sees() -> None:
     from embedlab.models.backbones import build_models
 
     images = np.random.default_rng(1).integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8)
-    models = build_models("smallnet", 16, 3, embedding_dim=8, seed=0)
+    models = build_models("smallnet", 16, 3, ModelParams(embedding_dim=8), seed=0)
     whiten_stem(models.embedding, models.backbone, images, seed=0)
     stem = models.backbone.get_layer("stem_conv")
     expected = patch_whitening_kernel(images.astype(np.float32) / 127.5 - 1.0)  # smallnet's preprocessing
@@ -82,7 +80,7 @@ def test_identity_init_passes_each_block_input_through_its_first_filters() -> No
     from embedlab.models.backbones import build_models
     from embedlab.models.smallnet import identity_init
 
-    models = build_models("smallnet", 16, 3, embedding_dim=8, seed=0)
+    models = build_models("smallnet", 16, 3, ModelParams(embedding_dim=8), seed=0)
     identity_init(models.backbone)
     rng = np.random.default_rng(2)
     for name in ("block1_conv1", "block2_conv1", "block3_conv2"):  # 24 -> 64, 64 -> 256, 256 -> 256

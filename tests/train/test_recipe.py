@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embedlab.core.params import ParamsError, parse_params
+from embedlab.core.params import ModelParams, ParamsError, parse_params
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_the_airbench_recipe_trains_smallnet_through_the_train_stage(tmp_path: P
     ).run()  # fmt: skip
     assert result.metrics["val_accuracy"] > 0.3, result.metrics  # ten classes: chance is 0.1; mirrored digits
     # model.freeze_stem: the stem's kernel is still the whitening it started as; its bias trained
-    built = build_models("smallnet", 32, 10, dropout=0.0, bn_scale=False, seed=0)
+    built = build_models("smallnet", 32, 10, ModelParams(bn_scale=False), dropout=0.0, seed=0)
     train_images = TrainingData.load(tmp_path / "prepared", train_params).splits["train"][0]
     whiten_stem(built.embedding, built.backbone, train_images, seed=train_params.seed)
     stem = result.embedding.get_layer("smallnet_backbone").get_layer("stem_conv")
