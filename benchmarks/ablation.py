@@ -73,6 +73,19 @@ AIRBENCH_VARIANTS: list[tuple[str, dict, dict, dict]] = [
         {},
         {},
     ),
+    # retrieval-aware: airbench's head plus a supervised contrastive term on the features it reads
+    (
+        "airbench's head + supervised contrastive (temperature 0.1, weight 1)",
+        {"embedding_dim": None, "logit_scale": 1 / 9},
+        {"loss": "softmax+supcon"},
+        {},
+    ),
+    (
+        "airbench's head + supervised contrastive (temperature 0.1, weight 0.3)",
+        {"embedding_dim": None, "logit_scale": 1 / 9},
+        {"loss": "softmax+supcon", "supcon_weight": 0.3},
+        {},
+    ),
 ]
 
 

@@ -205,14 +205,19 @@ class TrainParams(_Section):
     """training batches whose BatchNorm statistics are averaged before each validation (`0` = off; see below)"""
     checkpoint_interval: Annotated[float, Field(ge=0)] = 60.0
     """seconds between resume checkpoints (`0` = after every epoch); a resume replays the epochs since"""
-    loss: Literal["softmax", "triplet", "softmax+triplet"] = "softmax"
-    """`softmax`, `triplet`, or `softmax+triplet`"""
+    loss: Literal["softmax", "triplet", "supcon", "softmax+triplet", "softmax+supcon"] = "softmax"
+    """`softmax`, a metric loss on the embedding (`triplet`, or `supcon`: supervised contrastive), or softmax plus
+    one; with a metric loss every batch holds P classes × K ≥ 2 images"""
     triplet_mining: Literal["batch_hard", "semi_hard"] = "batch_hard"
     """`batch_hard` or `semi_hard`"""
     triplet_margin: Annotated[float, Field(gt=0, le=2)] = 0.2
     """margin on cosine distance"""
     triplet_weight: PositiveFloat = 1.0
     """weight of the triplet term in `softmax+triplet`"""
+    supcon_temperature: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """temperature of the supervised contrastive loss (lower: harder negatives count more)"""
+    supcon_weight: PositiveFloat = 1.0
+    """weight of the supervised contrastive term in `softmax+supcon`"""
     strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
     """`auto` (all local GPUs when there are several), `mirrored`, `multiworker` (`TF_CONFIG`)"""
     mixed_precision: AutoOnOff = "auto"
@@ -231,6 +236,11 @@ class TrainParams(_Section):
             if getattr(self, key) != TrainParams.model_fields[key].default and self.optimizer != "sgd":
                 raise ValueError(f"{key}: only train.optimizer sgd uses it (got optimizer {self.optimizer!r})")
         return self
+
+    @property
+    def embedding_loss(self) -> str | None:
+        """The metric loss on the embedding (`triplet` or `supcon`), None when softmax trains it alone."""
+        return self.loss.removeprefix("softmax").removeprefix("+") or None
 
 
 def _overrides_of(*sections: type[_Section]) -> type[_Section]:
@@ -294,6 +304,9 @@ class EvaluateParams(_Section):
     `k_max` deep, so without MAP@R and R-precision)"""
     faiss: FaissParams = FaissParams()
     """the approximate index used when evaluate.index is faiss"""
+    query_expansion: Annotated[int, Field(ge=0, le=1000)] = 0
+    """search twice: each query averaged with its top n results, then searched again (`0` = once); `embedlab search`
+    and `serve` rank the same way ([query expansion](retrieval.md#query-expansion))"""
     seed: Annotated[int, Field(ge=0)] = 42
     """seed of the example queries and the linear probe"""
 

@@ -1,10 +1,15 @@
-"""Triplet loss on cosine distance, in Keras 3 ops (TF Similarity does not support Keras 3).
+"""Metric-learning losses on the unit embedding, in Keras 3 ops (TF Similarity does not support Keras 3): the
+triplet loss and the supervised contrastive loss.
 
 Embeddings are expected L2-normalised, so the cosine distance is ``1 - a·b`` (0 = same direction, 2 = opposite).
 
 * ``batch_hard`` (Hermans et al. 2017): per anchor, the farthest positive against the nearest negative.
 * ``semi_hard`` (Schroff et al. 2015, FaceNet): per anchor-positive pair, the nearest negative that is still
   farther than the positive; when no such negative exists, the farthest negative (as TF-Addons does).
+
+* supervised contrastive (Khosla et al. 2020, their L_out): per anchor, the mean over its positives of the log
+  softmax of the positive's similarity against every other image of the batch, at a temperature. Unlike a triplet,
+  every pair of the batch pulls or pushes: the loss shapes whole neighbourhoods, which is what mAP@k reads.
 
 Anchors without a positive or a negative in the batch do not count; see :mod:`embedlab.data.sampling` for the sampler
 that guarantees at least two images of each class per batch.
@@ -59,9 +64,35 @@ def semi_hard_triplet_loss(labels, embeddings, margin: float = 0.2):
     return ops.sum(ops.where(valid, losses, 0.0)) / count
 
 
+def supervised_contrastive_loss(labels, embeddings, temperature: float = 0.1):
+    """Mean over anchors of −(1/|P(i)|) Σ_{p ∈ P(i)} log(exp(s_ip/τ) / Σ_{a ≠ i} exp(s_ia/τ)), s the cosine
+    similarity and P(i) the anchor's positives; anchors without a positive in the batch left out."""
+    distance, positive, negative = _pairwise(labels, embeddings)
+    others = ops.logical_or(positive, negative)
+    logits = ops.where(others, (1.0 - distance) / temperature, -_BIG)
+    log_probability = logits - ops.logsumexp(logits, axis=1, keepdims=True)
+    positives = ops.sum(ops.cast(positive, "float32"), axis=1)
+    mean_positive = ops.sum(ops.where(positive, log_probability, 0.0), axis=1) / ops.maximum(positives, 1.0)
+    valid = positives > 0
+    count = ops.maximum(ops.sum(ops.cast(valid, "float32")), 1.0)
+    return -ops.sum(ops.where(valid, mean_positive, 0.0)) / count
+
+
+class _BatchLoss(keras.losses.Loss):
+    """A loss over the whole batch's embeddings (``y_true``: integer labels; ``y_pred``: L2-normalised embeddings),
+    broadcast per sample because Keras reduces per-sample losses."""
+
+    def batch_loss(self, labels, embeddings):
+        raise NotImplementedError
+
+    def call(self, y_true, y_pred):
+        """The batch's loss, once per sample."""
+        return ops.ones_like(y_pred[:, 0]) * self.batch_loss(y_true, y_pred)
+
+
 @keras.saving.register_keras_serializable(package="embedlab")
-class TripletLoss(keras.losses.Loss):
-    """``y_true``: integer labels; ``y_pred``: L2-normalised embeddings of the same batch."""
+class TripletLoss(_BatchLoss):
+    """The batch-hard or semi-hard triplet loss of the batch."""
 
     def __init__(self, mining: str = "batch_hard", margin: float = 0.2, name: str = "triplet", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
@@ -69,12 +100,28 @@ class TripletLoss(keras.losses.Loss):
             raise ValueError(f"unknown mining {mining!r}")
         self.mining, self.margin = mining, margin
 
-    def call(self, y_true, y_pred):
-        """The batch's triplet loss, broadcast per sample (Keras reduces per-sample losses)."""
+    def batch_loss(self, labels, embeddings):
+        """The mining's triplet loss at the margin."""
         fn = batch_hard_triplet_loss if self.mining == "batch_hard" else semi_hard_triplet_loss
-        # Keras reduces per-sample losses; the triplet loss is a batch quantity, so broadcast it.
-        return ops.ones_like(y_pred[:, 0]) * fn(y_true, y_pred, self.margin)
+        return fn(labels, embeddings, self.margin)
 
     def get_config(self) -> dict:
         """Keras serialisation: the mining and margin."""
         return {**super().get_config(), "mining": self.mining, "margin": self.margin}
+
+
+@keras.saving.register_keras_serializable(package="embedlab")
+class SupervisedContrastiveLoss(_BatchLoss):
+    """The supervised contrastive loss of the batch at ``temperature``."""
+
+    def __init__(self, temperature: float = 0.1, name: str = "supcon", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.temperature = temperature
+
+    def batch_loss(self, labels, embeddings):
+        """The loss at the temperature."""
+        return supervised_contrastive_loss(labels, embeddings, self.temperature)
+
+    def get_config(self) -> dict:
+        """Keras serialisation: the temperature."""
+        return {**super().get_config(), "temperature": self.temperature}

@@ -37,7 +37,12 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str,
     """One model's metrics (rounded, as written to ``reports/retrieval/<model>.json``) and its full report."""
     queries, gallery = emb.split("test"), gallery_rows(emb, params.gallery)
     index = build_index(
-        emb.embeddings[gallery], params.metric, kind=params.index, faiss=params.faiss, gallery_ids=emb.ids[gallery]
+        emb.embeddings[gallery],
+        params.metric,
+        kind=params.index,
+        faiss=params.faiss,
+        gallery_ids=emb.ids[gallery],
+        query_expansion=params.query_expansion,
     )
     report = evaluate_retrieval(
         emb.embeddings[queries],
@@ -69,22 +74,24 @@ def evaluate_model(emb: EmbeddingSet, params: EvaluateParams) -> tuple[dict[str,
 def protocol(metrics: dict[str, float], params: EvaluateParams) -> dict[str, int | str]:
     """How a model's figures were measured, so that two runs can be compared without reading their params: the test
     split's ``queries`` images searched against ``gallery`` images of ``gallery_splits`` with ``index`` by
-    ``metric``."""
+    ``metric``, and ``query_expansion`` neighbours averaged into each query (0: searched once)."""
     return {
         "queries": int(metrics["queries"]),
         "gallery": int(metrics["gallery"]),
         "gallery_splits": params.gallery,
         "index": "exact" if params.index == "exact" else f"faiss {params.faiss.type}",
         "metric": params.metric,
+        "query_expansion": params.query_expansion,
     }
 
 
 def protocol_line(measured: dict[str, int | str]) -> str:
     """The :func:`protocol` as one short value (``360 test vs 1437 train+val, exact cosine``): one column of
     ``dvc metrics show`` instead of five, and ``dvc metrics diff`` still lists it when it changes."""
+    expansion = f", query expansion {measured['query_expansion']}" if measured.get("query_expansion") else ""
     return (
         f"{measured['queries']} test vs {measured['gallery']} {measured['gallery_splits']}, "
-        f"{measured['index']} {measured['metric']}"
+        f"{measured['index']} {measured['metric']}{expansion}"
     )
 
 

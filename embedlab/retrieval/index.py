@@ -8,7 +8,8 @@ k results per query, whatever the number of queries (the gallery itself must fit
 partition's internal order.
 
 For galleries too large for exact search, :class:`FaissIndex` answers the same queries from a ``faiss-cpu`` index
-(``flat`` is exact; ``hnsw`` and ``ivf`` are approximate, tuned by ``evaluate.faiss.*``).
+(``flat`` is exact; ``hnsw`` and ``ivf`` are approximate, tuned by ``evaluate.faiss.*``). Either can be wrapped in
+:class:`ExpandedQueryIndex` (``evaluate.query_expansion``), which searches twice.
 
 Scores: ``cosine`` expects L2-normalised rows and scores by dot product; ``euclidean`` scores by negative
 distance; higher is better for both. When query and gallery ids are both given, a gallery row with the query's own
@@ -147,6 +148,30 @@ class FaissIndex:
         return indices, scores
 
 
+class ExpandedQueryIndex:
+    """Average query expansion (Chum et al. 2007; αQE with α = 0, Radenović et al. 2018): each query is searched,
+    averaged with its top ``neighbours`` results, and the average is searched again.
+
+    It reads the gallery's embeddings, never its labels, so it is a search method like any other; it lifts mAP@k
+    where a query's nearest neighbours are mostly right but its very nearest is not (docs/retrieval.md)."""
+
+    def __init__(self, base: Index, gallery: np.ndarray, metric: Metric, neighbours: int) -> None:
+        self.base, self.metric, self.neighbours, self.size = base, metric, neighbours, base.size
+        self.gallery = np.asarray(gallery, np.float32)
+
+    def top_k(self, queries: np.ndarray, k: int, query_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The top ``k`` for the expanded queries; a query's own id stays excluded from both searches."""
+        queries = np.asarray(queries, np.float32)
+        indices, scores = self.base.top_k(queries, min(self.neighbours, self.size), query_ids)
+        found = np.isfinite(scores)[..., None]  # -inf: the query itself or nothing found
+        expanded = queries + np.where(found, self.gallery[np.maximum(indices, 0)], 0.0).sum(1)
+        if self.metric == "cosine":
+            expanded /= np.maximum(np.linalg.norm(expanded, axis=1, keepdims=True), 1e-12)
+        else:
+            expanded /= 1 + found.sum(1)
+        return self.base.top_k(expanded, k, query_ids)
+
+
 def _faiss_index(dim: int, size: int, metric: Metric, params: FaissParams):
     """The empty faiss index that ``evaluate.faiss.type`` names."""
     import faiss
@@ -193,15 +218,18 @@ def build_index(
     kind: Literal["exact", "faiss"] = "exact",
     faiss: FaissParams | None = None,
     gallery_ids: np.ndarray | None = None,
+    query_expansion: int = 0,
 ) -> Index:
-    """The index ``evaluate.index`` (or ``embedlab serve --index``) names, over ``gallery``."""
+    """The index ``evaluate.index`` (or ``embedlab serve --index``) names, over ``gallery``; with
+    ``query_expansion`` (``evaluate.query_expansion``) neighbours averaged into every query."""
     match kind:
         case "exact":
-            return ExactIndex(gallery, metric, gallery_ids=gallery_ids)
+            index: Index = ExactIndex(gallery, metric, gallery_ids=gallery_ids)
         case "faiss":
-            return FaissIndex(gallery, metric, faiss or FaissParams(), gallery_ids=gallery_ids)
+            index = FaissIndex(gallery, metric, faiss or FaissParams(), gallery_ids=gallery_ids)
         case other:
             raise ValueError(f"unknown index {other!r}")
+    return ExpandedQueryIndex(index, gallery, metric, query_expansion) if query_expansion else index
 
 
 def iter_top_k(

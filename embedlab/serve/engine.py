@@ -56,9 +56,10 @@ class Engine:
         self.prepared = Prepared.open(require_output(layout.prepared, "preprocess"))
         self.image_size, self.fit = self.prepared.image_size, self.prepared.fit
         self.row_of = {image_id: row for row, image_id in enumerate(self.prepared.index["id"])}
-        index = index or params.evaluate.index
+        search = params.evaluate
+        index = index or search.index
         self.galleries = {
-            m: Gallery(m, layout, self.params.gallery, params.evaluate.metric, index, params.evaluate.faiss)
+            m: Gallery(m, layout, self.params.gallery, search.metric, index, search.faiss, search.query_expansion)
             for m in self.models
         }
         self.embedder = QueryEmbedder(layout, self.models, params.embed.flip_average)

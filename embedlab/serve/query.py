@@ -138,6 +138,7 @@ class Gallery:
         metric: str = "cosine",
         index: str = "exact",
         faiss_params: FaissParams | None = None,
+        query_expansion: int = 0,
     ) -> None:
         emb = EmbeddingSet.load(require_output(layout.embeddings(model), producing_stage(model)))
         rows = emb.rows(splits)
@@ -148,7 +149,9 @@ class Gallery:
         self.ids, self.labels, self.split_names = emb.ids[rows], emb.labels[rows], emb.splits[rows]
         self.class_names = [str(name) for name in emb.class_names]
         self.index_kind = index
-        self.index = build_index(self.vectors, metric, kind=index, faiss=faiss_params, gallery_ids=self.ids)
+        self.index = build_index(
+            self.vectors, metric, kind=index, faiss=faiss_params, gallery_ids=self.ids, query_expansion=query_expansion
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -203,7 +206,7 @@ def search_files(paths: list[str], model: str, k: int, *, layout: Layout, metric
         raise UserError(f"--model {model}: not a model of this pipeline; choose from {', '.join(params.model_names)}")
     prepared = Prepared.open(require_output(layout.prepared, "preprocess"))
     queries = np.stack([fit_to_square(open_rgb(p), prepared.image_size, prepared.fit) for p in paths])
-    gallery = Gallery(model, layout, "all", metric)
+    gallery = Gallery(model, layout, "all", metric, query_expansion=params.evaluate.query_expansion)
     vectors = QueryEmbedder(layout, [model], params.embed.flip_average).embed(queries, [model])[model]
     results = [
         {"query": path, "results": [hit.as_dict() for hit in hits]}

@@ -62,12 +62,12 @@ class TrainingData:
         return len(self.splits["train"][1])
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The training rows of ``epoch``, depending only on (seed, epoch): class-balanced batches for a triplet
+        """The training rows of ``epoch``, depending only on (seed, epoch): class-balanced batches for a metric
         loss (every batch must hold positives), a plain shuffle otherwise."""
         from embedlab.data.sampling import class_balanced_order, shuffled_order
 
         labels, seed = self.splits["train"][1], self.train.seed
-        if "triplet" in self.train.loss:
+        if self.train.embedding_loss:
             return class_balanced_order(labels, self.train.batch_size, seed, epoch)
         return shuffled_order(len(labels), seed, epoch)
 

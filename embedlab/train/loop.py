@@ -173,7 +173,7 @@ class Trainer:
                 seed=train.seed,
                 dropout=train.dropout,
                 bn_momentum=None if pretrained else FROM_SCRATCH_BN_MOMENTUM,
-                probe_head=train.loss == "triplet",
+                probe_head="softmax" not in train.loss,
             )
         apply_init_options(models, model_params, data.splits["train"][0], seed=train.seed)
         best = self.checkpoints.best_weights(state) if state.best_file else None

@@ -192,17 +192,21 @@ ACCURACY = "logits_accuracy"
 
 
 def compile_trainer(trainer, train: TrainParams, optimizer) -> None:
-    """The losses ``train.loss`` names: softmax cross-entropy on the classifier head, and/or a triplet loss on the
-    embedding; accuracy of the head as the metric."""
+    """The losses ``train.loss`` names: softmax cross-entropy on the classifier head (a linear probe behind a
+    stop-gradient when the loss has no softmax), and a triplet or supervised contrastive loss on the embedding;
+    accuracy of the head as the metric."""
     import keras
 
-    from embedlab.models.losses import TripletLoss
+    from embedlab.models.losses import SupervisedContrastiveLoss, TripletLoss
 
     losses = {"logits": keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=train.label_smoothing)}
     weights = {"logits": 1.0}
-    if "triplet" in train.loss:
+    if train.embedding_loss == "triplet":
         losses["embedding"] = TripletLoss(train.triplet_mining, train.triplet_margin)
         weights["embedding"] = train.triplet_weight
+    elif train.embedding_loss == "supcon":
+        losses["embedding"] = SupervisedContrastiveLoss(train.supcon_temperature)
+        weights["embedding"] = train.supcon_weight
     trainer.compile(
         optimizer=optimizer,
         loss=losses,

@@ -1,4 +1,4 @@
-"""The Keras triplet losses against a plain NumPy reference written from the definitions."""
+"""The Keras triplet and supervised contrastive losses against plain NumPy references written from the definitions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from embedlab.embed.embeddings import l2_normalize
-from embedlab.models.losses import TripletLoss, batch_hard_triplet_loss, semi_hard_triplet_loss
+from embedlab.models.losses import (
+    SupervisedContrastiveLoss,
+    TripletLoss,
+    batch_hard_triplet_loss,
+    semi_hard_triplet_loss,
+    supervised_contrastive_loss,
+)
 
 
 def reference_batch_hard(labels: np.ndarray, emb: np.ndarray, margin: float) -> float:
@@ -36,6 +42,18 @@ def reference_semi_hard(labels: np.ndarray, emb: np.ndarray, margin: float) -> f
     return float(np.mean(losses)) if losses else 0.0
 
 
+def reference_supervised_contrastive(labels: np.ndarray, emb: np.ndarray, temperature: float) -> float:
+    sim = emb.astype(np.float64) @ emb.T.astype(np.float64) / temperature
+    losses = []
+    for a in range(len(labels)):
+        others = [j for j in range(len(labels)) if j != a]
+        positives = [p for p in others if labels[p] == labels[a]]
+        if positives:
+            log_denominator = np.log(sum(np.exp(sim[a, j]) for j in others))
+            losses.append(-np.mean([sim[a, p] - log_denominator for p in positives]))
+    return float(np.mean(losses)) if losses else 0.0
+
+
 HAND_MADE = {
     # two tight, well separated classes: both losses are zero with a small margin
     "separated": (np.array([0, 0, 1, 1]), np.array([[1, 0], [0.99, 0.14], [-1, 0], [-0.99, 0.14]])),
@@ -55,6 +73,8 @@ def test_hand_made_batches(case: str, margin: float) -> None:
     semi = float(semi_hard_triplet_loss(labels, emb, margin))
     assert hard == pytest.approx(reference_batch_hard(labels, emb, margin), abs=1e-5)
     assert semi == pytest.approx(reference_semi_hard(labels, emb, margin), abs=1e-5)
+    supcon = float(supervised_contrastive_loss(labels, emb, margin))  # the margins double as temperatures
+    assert supcon == pytest.approx(reference_supervised_contrastive(labels, emb, margin), rel=1e-4, abs=1e-5)
 
 
 def test_random_batches_match_reference() -> None:
@@ -67,6 +87,9 @@ def test_random_batches_match_reference() -> None:
         )
         assert float(semi_hard_triplet_loss(labels, emb, 0.3)) == pytest.approx(
             reference_semi_hard(labels, emb, 0.3), abs=1e-5
+        )
+        assert float(supervised_contrastive_loss(labels, emb, 0.1)) == pytest.approx(
+            reference_supervised_contrastive(labels, emb, 0.1), rel=1e-4, abs=1e-5
         )
 
 
@@ -88,3 +111,22 @@ def test_keras_loss_object_and_gradient() -> None:
     assert float(value) == pytest.approx(reference_semi_hard(labels, emb.numpy(), 0.5), abs=1e-5)
     assert np.isfinite(tape.gradient(value, emb).numpy()).all()
     assert TripletLoss.from_config(loss.get_config()).mining == "semi_hard"
+
+
+def test_supervised_contrastive_pulls_positives_together() -> None:
+    """The loss falls as a class tightens and rises with an impostor; its gradient moves an anchor towards its
+    positive; the Keras loss object serialises its temperature."""
+    import tensorflow as tf
+
+    labels, points = HAND_MADE["impostor"]
+    emb = l2_normalize(points.astype(np.float32))
+    tight = emb.copy()
+    tight[1] = tight[0]  # class 0's two points made one
+    assert float(supervised_contrastive_loss(labels, tight, 0.1)) < float(supervised_contrastive_loss(labels, emb, 0.1))
+    variable = tf.Variable(emb)
+    loss = SupervisedContrastiveLoss(0.2)
+    with tf.GradientTape() as tape:
+        value = loss(labels, variable)
+    step = variable.numpy() - 0.01 * tape.gradient(value, variable).numpy()
+    assert float(l2_normalize(step)[0] @ l2_normalize(step)[1]) > float(emb[0] @ emb[1])
+    assert SupervisedContrastiveLoss.from_config(loss.get_config()).temperature == 0.2

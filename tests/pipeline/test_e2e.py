@@ -43,8 +43,8 @@ def test_evaluate_outputs_and_noop_rerun(pipeline: Path) -> None:
         assert headline["health"] in ("ok", "below raw pixels") and headline["health"] == metrics.pop("health")
         # how the figures were measured, beside them: 20 test queries against the 40-image train split
         assert headline.pop("protocol") == "20 test vs 40 train, exact cosine"
-        protocol = {key: metrics.pop(key) for key in ("gallery_splits", "index", "metric")}
-        assert protocol == {"gallery_splits": "train", "index": "exact", "metric": "cosine"}, protocol
+        protocol = {key: metrics.pop(key) for key in ("gallery_splits", "index", "metric", "query_expansion")}
+        assert protocol == {"gallery_splits": "train", "index": "exact", "metric": "cosine", "query_expansion": 0}
         assert {key: headline[key] for key in numbers}.items() <= metrics.items()
         assert metrics.pop("cosine_sd") > 0.01 and -1 <= metrics.pop("cosine_mean") <= 1  # none collapsed
         assert {

@@ -7,7 +7,7 @@ import pytest
 
 from embedlab.core.params import FaissParams
 from embedlab.embed.embeddings import l2_normalize
-from embedlab.retrieval.index import ExactIndex, FaissIndex, search
+from embedlab.retrieval.index import ExactIndex, ExpandedQueryIndex, FaissIndex, build_index, search
 from embedlab.retrieval.metrics import average_precision_at_k, evaluate_retrieval, majority_vote
 
 
@@ -156,6 +156,40 @@ def test_faiss_excludes_self_by_id_like_exact_search() -> None:
     assert not np.any(approx[0] == np.arange(50)[:, None])
 
 
+@pytest.mark.parametrize("kind", ["exact", "faiss"])
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_query_expansion_searches_the_average_of_each_query_and_its_neighbours(kind: str, metric: str) -> None:
+    """Against NumPy: the query plus its top n (itself excluded by id) averaged, then searched again; flat faiss and
+    exact search agree."""
+    rng = np.random.default_rng(5)
+    gallery = l2_normalize(rng.normal(size=(300, 10)))
+    ids = np.array([f"img{i}" for i in range(300)])
+    queries, query_ids = gallery[:40], ids[:40]  # each query is in the gallery and must not expand with itself
+    index = build_index(gallery, metric, kind=kind, faiss=FaissParams(type="flat"), gallery_ids=ids, query_expansion=4)
+    assert isinstance(index, ExpandedQueryIndex) and index.size == 300
+    first, _ = search(queries, ExactIndex(gallery, metric, gallery_ids=ids), 4, query_ids=query_ids)
+    expanded = queries + gallery[first].sum(1)
+    expanded = l2_normalize(expanded) if metric == "cosine" else expanded / 5
+    expected, _ = search(expanded, ExactIndex(gallery, metric, gallery_ids=ids), 6, query_ids=query_ids)
+    found, scores = search(queries, index, 6, query_ids=query_ids)
+    np.testing.assert_array_equal(found, expected)
+    assert not np.any(found == np.arange(40)[:, None]) and np.isfinite(scores).all()
+
+
+def test_query_expansion_rights_a_query_whose_nearest_neighbour_is_an_outlier() -> None:
+    """A query of class 0 sits nearest one stray class-1 image, then five of its own class: searched once it
+    finds the stray first; expanded with its 5 neighbours it lands amid its class and ranks all five first."""
+    own = l2_normalize(np.array([[1.0, 0.30 + 0.02 * i, 0.0] for i in range(5)]))
+    stray, far = l2_normalize(np.array([[1.0, 0.0, 0.05]])), l2_normalize(np.array([[0.0, 0.2, 1.0]] * 3))
+    gallery = np.concatenate([stray, own, far]).astype(np.float32)
+    labels = np.array([1, 0, 0, 0, 0, 0, 1, 1, 1])
+    query = l2_normalize(np.array([[1.0, 0.01, 0.0]]))
+    once, _ = search(query, build_index(gallery, "cosine"), 5)
+    twice, _ = search(query, build_index(gallery, "cosine", query_expansion=5), 5)
+    assert labels[once[0]].tolist() == [1, 0, 0, 0, 0]
+    assert labels[twice[0]].tolist() == [0, 0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_flat_faiss_equals_exact_at_every_depth_with_and_without_self(seed: int) -> None:
     """Random galleries of 1-9 images, some queries in the gallery, depths up to past the gallery size."""
@@ -289,5 +323,10 @@ def test_evaluate_names_a_collapsed_and_a_below_raw_pixels_model(capsys) -> None
     assert capsys.readouterr().out.startswith("evaluate: warning: flat has collapsed (cosine similarity between")
     assert check_health("raw_pixels", raw, None, 5) == "ok"
     measured = protocol(good, params)
-    assert measured == {"queries": 40, "gallery": 60, "gallery_splits": "train", "index": "exact", "metric": "cosine"}
+    assert measured == {
+        "queries": 40, "gallery": 60, "gallery_splits": "train", "index": "exact", "metric": "cosine",
+        "query_expansion": 0,
+    }  # fmt: skip
     assert protocol_line(measured) == "40 test vs 60 train, exact cosine"
+    expanded = protocol(good, params.model_copy(update={"query_expansion": 10}))
+    assert protocol_line(expanded) == "40 test vs 60 train, exact cosine, query expansion 10"
