@@ -83,6 +83,7 @@ class _BatchLoss(keras.losses.Loss):
     broadcast per sample because Keras reduces per-sample losses."""
 
     def batch_loss(self, labels, embeddings):
+        """The loss of the whole batch, a scalar."""
         raise NotImplementedError
 
     def call(self, y_true, y_pred):
