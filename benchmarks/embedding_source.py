@@ -32,6 +32,7 @@ def main() -> None:
 
     import keras
 
+    from embedlab.augment.test_time import TestTimeViews
     from embedlab.core.params import load_params
     from embedlab.core.runtime import cpu_description
     from embedlab.data.prepared import Prepared
@@ -60,12 +61,11 @@ def main() -> None:
     test = split == "test"
     plain = embed_images(to_logits, images[test], batch_size=512, progress=False)
     flipped = logits(images)
-    # airbench's level 2: flip-averaged logits at half weight, those of the image shifted 1 px up-left and 1 px
-    # down-right (reflect-padded) at a quarter each
-    side = data.image_size
-    padded = np.pad(images[test], ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    shifted = logits(padded[:, :side, :side]) + logits(padded[:, 2:, 2:])
-    level2 = 0.25 * flipped[test] + 0.125 * shifted
+    # airbench's level 2 (flips and 1 px shifts), the views the train stage scores and the embed stage can average
+    views = TestTimeViews.of(flip=True, translate=True)
+    level2 = views.average(
+        [embed_images(to_logits, v(images[test]), batch_size=512, progress=False) for v in views.views]
+    )
     accuracy = {
         name: round(float(np.mean(np.argmax(scores, axis=1) == labels[test])), 4)
         for name, scores in (("softmax", plain), ("flip", flipped[test]), ("flip_translate", level2))

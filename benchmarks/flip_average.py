@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "flip_average_cifar10.json")
     args = parser.parse_args()
 
+    from embedlab.augment.test_time import TestTimeViews
     from embedlab.core.params import load_params
     from embedlab.core.runtime import cpu_description
     from embedlab.data.prepared import Prepared
@@ -41,26 +42,22 @@ def main() -> None:
     evaluate = params.evaluate.model_copy(update={"index": "exact"})
     data = Prepared.open(args.run / "data" / "prepared")
     ids, splits = data.index["id"].to_numpy(), data.index["split"].to_numpy()
+    views = TestTimeViews.of(flip=True, translate=args.translate)  # the embed stage's views, one pass each
+    images = np.asarray(data.images)
     rows = []
     for name in args.backbones or list(params.backbones):
         model = load_embedding_model(args.run / "models" / f"{name}.keras")
         started = time.perf_counter()
-        plain = embed_images(model, data.images, batch_size=params.embed.batch_size, progress=False)
+        outputs = [embed_images(model, images, batch_size=params.embed.batch_size, progress=False)]
         seconds = time.perf_counter() - started
-        mirrored = embed_images(
-            model, np.ascontiguousarray(data.images[:, :, ::-1]), batch_size=params.embed.batch_size, progress=False
-        )
+        outputs += [
+            embed_images(model, view(images), batch_size=params.embed.batch_size, progress=False)
+            for view in views.views[1:]
+        ]
         row = {"model": name, "embed_seconds_per_pass": round(seconds, 1)}
-        variants = [("plain", plain), ("flip_average", l2_normalize(plain + mirrored))]
+        variants = [("plain", outputs[0]), ("flip_average", l2_normalize(outputs[0] + outputs[1]))]
         if args.translate:
-            views = [
-                embed_images(
-                    model, shifted(data.images, step, mirror), batch_size=params.embed.batch_size, progress=False
-                )
-                for mirror in (False, True)
-                for step in (1, -1)
-            ]
-            variants.append(("flip_translate", l2_normalize(2 * (plain + mirrored) + sum(views))))
+            variants.append(("flip_translate", l2_normalize(views.average(outputs))))
         for label, vectors in variants:
             metrics, _ = evaluate_model(EmbeddingSet(vectors, ids, data.labels, splits, data.class_names), evaluate)
             row[label] = {key: metrics[key] for key in ("map@5", "precision@1", "map@r", "knn_accuracy@5")}
@@ -84,15 +81,6 @@ def main() -> None:
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu_description(), "rows": rows}, indent=2) + "\n")
-
-
-def shifted(images: np.ndarray, step: int, mirror: bool) -> np.ndarray:
-    """``images`` (optionally mirrored) moved one pixel down and right (``step`` 1) or up and left (-1), the edge
-    filled by reflection."""
-    source = np.asarray(images)[:, :, ::-1] if mirror else np.asarray(images)
-    padded = np.pad(source, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    side_y, side_x = source.shape[1:3]
-    return np.ascontiguousarray(padded[:, 1 - step : 1 - step + side_y, 1 - step : 1 - step + side_x])
 
 
 if __name__ == "__main__":

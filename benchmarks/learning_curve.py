@@ -35,7 +35,7 @@ def train_and_score(
 
     from embedlab.core.params import load_params
     from embedlab.data.prepared import Prepared
-    from embedlab.embed.embeddings import EmbeddingSet, embed_images
+    from embedlab.embed.embeddings import EmbeddingSet, embed_images, embedding_views
     from embedlab.retrieval.evaluation import evaluate_model
     from embedlab.train.loop import Trainer
 
@@ -62,12 +62,9 @@ def train_and_score(
         ).run()  # fmt: skip
         seconds = time.perf_counter() - started
         data = Prepared.open(run / "data" / "prepared")
+        views = embedding_views(params.embed)
         vectors = embed_images(
-            result.embedding,
-            data.images,
-            batch_size=params.embed.batch_size,
-            progress=False,
-            flip_average=params.embed.flip_average,
+            result.embedding, data.images, batch_size=params.embed.batch_size, progress=False, views=views
         )
         keras.backend.clear_session()  # the next point builds its models from a clean slate
     emb = EmbeddingSet(vectors, data.index["id"].to_numpy(), data.labels, data.index["split"].to_numpy(),
@@ -83,6 +80,7 @@ def train_and_score(
         "precision@1": metrics["precision@1"],
         "test_accuracy": result.metrics["test_accuracy"],
         "test_flip_averaged_accuracy": result.metrics.get("test_flip_averaged_accuracy"),
+        "test_flip_translate_averaged_accuracy": result.metrics.get("test_flip_translate_averaged_accuracy"),
     }
 
 

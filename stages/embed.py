@@ -6,7 +6,7 @@ from embedlab.core.errors import run_main
 from embedlab.core.layout import Layout
 from embedlab.core.params import load_params
 from embedlab.data.prepared import Prepared
-from embedlab.embed.embeddings import EmbeddingSet, embed_images
+from embedlab.embed.embeddings import EmbeddingSet, embed_images, embedding_views
 from embedlab.models.io import load_embedding_model
 
 
@@ -16,9 +16,7 @@ def main() -> None:
     paths = Layout()
     data = Prepared.open(paths.prepared)
     model = load_embedding_model(paths.model(name))
-    vectors = embed_images(
-        model, data.images, batch_size=params.embed.batch_size, flip_average=params.embed.flip_average
-    )
+    vectors = embed_images(model, data.images, batch_size=params.embed.batch_size, views=embedding_views(params.embed))
     index = data.index
     EmbeddingSet(vectors, index["id"].to_numpy(), data.labels, index["split"].to_numpy(), data.class_names).save(
         paths.embeddings(name)

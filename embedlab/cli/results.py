@@ -100,6 +100,7 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
                 "linear_probe_accuracy": retrieval.get("linear_probe_accuracy"),
                 "test_accuracy": train.get("test_accuracy"),
                 "test_flip_averaged_accuracy": train.get("test_flip_averaged_accuracy"),
+                "test_flip_translate_averaged_accuracy": train.get("test_flip_translate_averaged_accuracy"),
                 "train_images": train.get("train_images"),
                 "epochs": train.get("epochs_run"),
                 "train_minutes": round(train["wall_seconds"] / 60, 1) if "wall_seconds" in train else None,
@@ -111,7 +112,7 @@ def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
 
 SCORES = (
     "map@5", "precision@1", "map@r", "knn_accuracy@5", "linear_probe_accuracy", "test_accuracy",
-    "test_flip_averaged_accuracy",
+    "test_flip_averaged_accuracy", "test_flip_translate_averaged_accuracy",
 )  # fmt: skip
 
 
@@ -128,7 +129,7 @@ def markdown_table(results_dir: str | Path) -> str:
     """The results table, as the README and the CIFAR-10 notes show it."""
     headers = [
         "model", "mAP@5", "P@1", "MAP@R", "kNN acc@5", "linear probe", "softmax test acc", "flip-averaged",
-        "train images", "epochs", "train min", "img/s",
+        "flips + shifts", "train images", "epochs", "train min", "img/s",
     ]  # fmt: skip
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table_rows(results_dir):

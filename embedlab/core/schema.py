@@ -265,6 +265,10 @@ class EmbedParams(_Section):
     flip_average: bool = False
     """embed each image and its left-right mirror, average, L2-normalise; `embedlab search` embeds queries the same way.
     Off for digits (a mirrored digit is another symbol), on in the CIFAR-10 recipe ([CIFAR-10](cifar10.md))"""
+    translate_average: bool = False
+    """also average each view shifted one pixel up-left and one down-right (reflect-padded), at half the weight:
+    airbench's level-2 test-time augmentation, for models trained with `augment.shift`
+    ([retrieval](retrieval.md#test-time-augmentation))"""
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     """images per forward pass (fewer above 64 px: at most 256 × 64 × 64 pixels a pass)"""
 

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedlab.augment.test_time import TestTimeViews
 from embedlab.core.errors import require_output
 from embedlab.core.files import write_npz
 from embedlab.core.layout import RAW_PIXELS, STACK, Layout
 
 if TYPE_CHECKING:
+    from embedlab.core.params import EmbedParams
     from embedlab.data.prepared import Prepared
 
 
@@ -131,12 +133,18 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def embedding_views(embed: EmbedParams) -> TestTimeViews:
+    """The views every image, gallery or query, is embedded from (``embed.flip_average``,
+    ``embed.translate_average``)."""
+    return TestTimeViews.of(flip=embed.flip_average, translate=embed.translate_average)
+
+
 def embed_images(
-    model, images: np.ndarray, *, batch_size: int = 256, progress: bool = True, flip_average: bool = False
+    model, images: np.ndarray, *, batch_size: int = 256, progress: bool = True, views: TestTimeViews | None = None
 ) -> np.ndarray:
     """Embed uint8 images (an array, or :class:`~embedlab.data.prepared.ImageRows` read as needed) in batches of
-    ``batch_size`` (fewer for large images: :func:`~embedlab.core.runtime.forward_batch_size`); with
-    ``flip_average`` (``embed.flip_average``), the normalised mean of the image's and its left-right mirror's
+    ``batch_size`` (fewer for large images: :func:`~embedlab.core.runtime.forward_batch_size`); with several
+    ``views`` (``embed.flip_average``, ``embed.translate_average``), the normalised weighted mean of each view's
     embeddings.
 
     A tf.data pipeline reads the next batch while the current one runs, and Keras' own compiled predict loop does the
@@ -154,11 +162,10 @@ def embed_images(
     if count == 0:
         return np.zeros((0, model.output_shape[-1]), np.float32)
 
-    def predict(mirror: bool) -> np.ndarray:
+    def predict(view) -> np.ndarray:
         def batches():
             for start in range(0, count, batch_size):
-                batch = np.asarray(images[start : start + batch_size])
-                yield np.ascontiguousarray(batch[:, :, ::-1]) if mirror else batch
+                yield view(np.asarray(images[start : start + batch_size]))
 
         spec = tf.TensorSpec((None, *images.shape[1:]), tf.uint8)
         dataset = tf.data.Dataset.from_generator(batches, output_signature=spec)
@@ -167,5 +174,6 @@ def embed_images(
         dataset = finish_pipeline(dataset.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))))
         return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
 
-    vectors = predict(mirror=False)
-    return l2_normalize(vectors + predict(mirror=True)) if flip_average else vectors
+    views = views or TestTimeViews.of(flip=False, translate=False)
+    outputs = [predict(view) for view in views.views]
+    return outputs[0] if views.plain else l2_normalize(views.average(outputs))

@@ -14,7 +14,7 @@ from embedlab.core.files import md5sum
 from embedlab.core.layout import Layout
 from embedlab.core.params import Params, ServeParams, load_params
 from embedlab.data.images import ImageDecodeError, decode, fit_to_square
-from embedlab.embed.embeddings import producing_stage
+from embedlab.embed.embeddings import embedding_views, producing_stage
 from embedlab.serve.query import Gallery, Hit, QueryEmbedder
 
 
@@ -62,7 +62,7 @@ class Engine:
             m: Gallery(m, layout, self.params.gallery, search.metric, index, search.faiss, search.query_expansion)
             for m in self.models
         }
-        self.embedder = QueryEmbedder(layout, self.models, params.embed.flip_average)
+        self.embedder = QueryEmbedder(layout, self.models, embedding_views(params.embed))
         self.embedder.embed(np.zeros((2, self.image_size, self.image_size, 3), np.uint8), self.models)  # trace now
         self.description = self._describe(layout, params)
         self.thumbnail = lru_cache(maxsize=8192)(self._png)
@@ -84,6 +84,7 @@ class Engine:
             "gallery_splits": self.params.gallery,
             "metric": params.evaluate.metric,
             "flip_average": params.embed.flip_average,
+            "translate_average": params.embed.translate_average,
             "image_size": self.image_size,
             "classes": list(self.prepared.class_names),
             "params_md5": md5sum(layout.params),

@@ -15,11 +15,12 @@ from weakref import WeakValueDictionary
 
 import numpy as np
 
+from embedlab.augment.test_time import TestTimeViews
 from embedlab.core.errors import UserError, require_output
 from embedlab.core.files import md5sum
 from embedlab.core.layout import STACK, Layout
 from embedlab.core.params import FaissParams
-from embedlab.embed.embeddings import EmbeddingSet, l2_normalize, producing_stage
+from embedlab.embed.embeddings import EmbeddingSet, embedding_views, l2_normalize, producing_stage
 from embedlab.retrieval.index import build_index, search
 
 QUERY_CHUNK = 256  # images per forward pass: bounds memory for long query lists
@@ -62,12 +63,12 @@ def load_backbone(path: Path, stage: str) -> LoadedBackbone:
 
 class QueryEmbedder:
     """The trained backbones a set of models needs (the stack needs all of its base backbones) and the stacker,
-    loaded once; embeds uint8 images of the prepared size the way ``embed`` did (``embed.flip_average``)."""
+    loaded once; embeds uint8 images of the prepared size the way ``embed`` did (from the same ``views``)."""
 
-    def __init__(self, layout: Layout, models: list[str], flip_average: bool) -> None:
+    def __init__(self, layout: Layout, models: list[str], views: TestTimeViews) -> None:
         from embedlab.stack.stacker import Stacker
 
-        self.flip_average = flip_average
+        self.views = views
         self.stacker = Stacker.load(require_output(layout.stacker, STACK)) if STACK in models else None
         needed = [m for m in models if m != STACK] + (self.stacker.backbones if self.stacker else [])
         self.loaded = {name: load_backbone(layout.model(name), f"train@{name}") for name in dict.fromkeys(needed)}
@@ -79,11 +80,11 @@ class QueryEmbedder:
         out = []
         for start in range(0, len(images), QUERY_CHUNK):
             batch = np.ascontiguousarray(images[start : start + QUERY_CHUNK])
-            if self.flip_average:  # the image and its mirror in one pass; the mean's direction, as embed does
-                both = self.forward[name](np.concatenate([batch, batch[:, :, ::-1]])).numpy()
-                out.append(l2_normalize(both[: len(batch)] + both[len(batch) :]))
-            else:
+            if self.views.plain:
                 out.append(np.asarray(self.forward[name](batch), np.float32))
+            else:  # every view in one pass; the weighted mean's direction, as embed does
+                views = np.asarray(self.forward[name](np.concatenate([view(batch) for view in self.views.views])))
+                out.append(l2_normalize(self.views.average(np.split(views, len(self.views.views)))))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def embed(self, images: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:
@@ -207,7 +208,7 @@ def search_files(paths: list[str], model: str, k: int, *, layout: Layout, metric
     prepared = Prepared.open(require_output(layout.prepared, "preprocess"))
     queries = np.stack([fit_to_square(open_rgb(p), prepared.image_size, prepared.fit) for p in paths])
     gallery = Gallery(model, layout, "all", metric, query_expansion=params.evaluate.query_expansion)
-    vectors = QueryEmbedder(layout, [model], params.embed.flip_average).embed(queries, [model])[model]
+    vectors = QueryEmbedder(layout, [model], embedding_views(params.embed)).embed(queries, [model])[model]
     results = [
         {"query": path, "results": [hit.as_dict() for hit in hits]}
         for path, hits in zip(paths, gallery.top_k(vectors, k), strict=True)

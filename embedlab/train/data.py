@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedlab.augment.test_time import TestTimeViews, View, identity
 from embedlab.core.errors import UserError
 from embedlab.core.params import TrainParams
 from embedlab.data.prepared import ImageRows
@@ -118,14 +119,14 @@ class TrainingData:
             return float("nan")
         return trainer.evaluate(self.dataset(split), verbose=0, return_dict=True)[ACCURACY]
 
-    def flip_averaged_accuracy(self, trainer, split: str) -> float:
-        """The classifier head's accuracy with each image's logits averaged with its mirror image's (test-time flip
-        averaging, as airbench scores CIFAR-10): meaningful only for a model trained on mirrored images."""
+    def averaged_accuracy(self, trainer, split: str, views: TestTimeViews) -> float:
+        """The classifier head's accuracy with each image's logits averaged over test-time ``views`` (flips, and
+        1 px shifts: as airbench scores CIFAR-10): meaningful only for a model trained on such views."""
         images, labels = self.splits[split]
         if not len(labels):
             return float("nan")
-        logits = [trainer.predict(self._make(images, labels, mirror), verbose=0)["logits"] for mirror in (False, True)]
-        return float(np.mean(np.argmax(logits[0] + logits[1], axis=1) == labels))
+        logits = [trainer.predict(self._make(images, labels, view), verbose=0)["logits"] for view in views.views]
+        return float(np.mean(np.argmax(views.average(logits), axis=1) == labels))
 
     def _read_batch(self, read, start):
         """The tf.data side of a batch ``read`` returns: pixels of known shape and the trainer's two targets, one-hot
@@ -137,8 +138,8 @@ class TrainingData:
         ids.set_shape((None,))
         return pixels, {"logits": tf.one_hot(ids, self.num_classes, dtype="float32"), "embedding": ids}
 
-    def _make(self, images: ImageRows | np.ndarray, labels: np.ndarray, mirror: bool = False):
-        """Unaugmented batches of ``images`` (mirrored, with ``mirror``), in order, for scoring:
+    def _make(self, images: ImageRows | np.ndarray, labels: np.ndarray, view: View = identity):
+        """Unaugmented batches of ``images`` (seen through a test-time ``view``), in order, for scoring:
         ``EVAL_BATCH_FACTOR`` training batches at once, capped at ``EVAL_BATCH_IMAGES`` and at the forward pixel
         budget (never below one training batch)."""
         import tensorflow as tf
@@ -150,7 +151,7 @@ class TrainingData:
 
         def read(start: np.int64) -> tuple[np.ndarray, np.ndarray]:
             pixels = images[start : start + batch]
-            return (pixels[:, :, ::-1].copy() if mirror else pixels), labels[start : start + batch].astype("int32")
+            return view(pixels), labels[start : start + batch].astype("int32")
 
         batches = tf.data.Dataset.range(0, len(labels), batch).map(lambda start: self._read_batch(read, start))
         return self._finish(batches)

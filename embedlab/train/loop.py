@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embedlab.augment.test_time import TestTimeViews
 from embedlab.core.errors import UserError
 from embedlab.core.params import AugmentParams, ModelParams, TrainParams
 from embedlab.models.devices import (
@@ -138,8 +139,15 @@ class Trainer:
         run.models.trainer.set_weights(run.stopping.best_weights)
         with self.clock("final_evaluation"):
             scores = {split: run.data.accuracy(run.models.trainer, split) for split in ("train", "val", "test")}
-            if self.augment.flip in ("horizontal", "horizontal_and_vertical"):  # trained on mirrors: score them too
-                scores["test_flip_averaged"] = run.data.flip_averaged_accuracy(run.models.trainer, "test")
+            # trained on mirrors (and shifts): score those views too, as airbench does
+            if self.augment.flip in ("horizontal", "horizontal_and_vertical"):
+                flips = TestTimeViews.of(flip=True, translate=False)
+                scores["test_flip_averaged"] = run.data.averaged_accuracy(run.models.trainer, "test", flips)
+                if self.augment.shift > 0:
+                    shifts = TestTimeViews.of(flip=True, translate=True)
+                    scores["test_flip_translate_averaged"] = run.data.averaged_accuracy(
+                        run.models.trainer, "test", shifts
+                    )
         metrics = _report(run, self.clock, scores, wall=time.perf_counter() - started)
         return TrainResult(metrics, run.state.history, run.models.embedding, run.models.trainer)
 

@@ -32,6 +32,7 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     train_metrics = json.loads((run / "reports/train/resnet50.json").read_text())
     train_metrics["wall_seconds"] = 48.0  # under a minute: still minutes with one decimal, not a score
     train_metrics["test_flip_averaged_accuracy"] = 0.5  # digits trains without flips; a CIFAR-10 run has it
+    train_metrics["test_flip_translate_averaged_accuracy"] = 0.625
     (run / "reports/train/resnet50.json").write_text(json.dumps(train_metrics))
 
     main(["results", "collect", str(run), str(tmp_path / "out"), "--seconds", "12.5"])
@@ -56,7 +57,8 @@ def test_collect_copies_the_run_and_the_table_reads_its_metrics(tmp_path: Path, 
     assert "| resnet50 | 0.1235 |" in printed and "| **stack** |" in printed
     resnet_row = next(line for line in printed.splitlines() if line.startswith("| resnet50 |"))
     cells = resnet_row.split(" | ")
-    assert cells[7] == "0.5000" and cells[10] == "0.8", resnet_row  # the flip-averaged and train-minutes columns
+    # the flip-averaged, flips + shifts and train-minutes columns
+    assert cells[7] == "0.5000" and cells[8] == "0.6250" and cells[11] == "0.8", resnet_row
 
 
 def test_collect_needs_a_finished_run(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from embedlab.augment.test_time import TestTimeViews
 from embedlab.core.params import DataParams, parse_params
 from embedlab.data.download.digits import write_digits
 from embedlab.data.prepare import prepare
@@ -352,7 +353,7 @@ def test_unknown_backbone_is_rejected() -> None:
     assert DataParams().image_size == 32
 
 
-def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
+def test_view_averaged_accuracy_matches_a_hand_computation() -> None:
     import keras
 
     from embedlab.core.params import TrainParams
@@ -370,14 +371,23 @@ def test_flip_averaged_accuracy_matches_a_hand_computation() -> None:
     def logits(x: np.ndarray) -> np.ndarray:
         return (x.astype("float32") / 255).reshape(len(x), -1) @ kernel
 
-    averaged = np.argmax(logits(images) + logits(images[:, :, ::-1]), axis=1)
+    flips = logits(images) + logits(images[:, :, ::-1])
+    averaged = np.argmax(flips, axis=1)
     labels = np.where(np.arange(500) < 300, averaged, rng.integers(0, 3, 500))  # 300 agree with the answer
     expected = np.mean(averaged == labels)
     data = TrainingData({"test": (images, labels)}, 3, 4, [], TrainParams())
     # the test can tell the left-right mirror from no mirror and from an upside-down one
     for other in (images, images[:, ::-1]):
         assert expected != np.mean(np.argmax(logits(images) + logits(other), axis=1) == labels)
-    assert data.flip_averaged_accuracy(model, "test") == pytest.approx(expected)
+    assert data.averaged_accuracy(model, "test", TestTimeViews.of(flip=True, translate=False)) == pytest.approx(
+        expected
+    )
+    # flips and 1 px shifts (reflect-padded), at half weight, written out as airbench does
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = sum(logits(x) + logits(x[:, :, ::-1]) for x in (padded[:, :4, :4], padded[:, 2:, 2:]))
+    level2 = np.mean(np.argmax(0.25 * flips + 0.125 * shifted, axis=1) == labels)
+    assert level2 != expected  # the shifts change the answer of some images
+    assert data.averaged_accuracy(model, "test", TestTimeViews.of(flip=True, translate=True)) == pytest.approx(level2)
 
 
 @slow

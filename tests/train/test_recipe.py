@@ -37,6 +37,7 @@ def test_recipe_params_are_checked_before_work_starts(raw: dict, message: str) -
 
 @pytest.mark.slow
 def test_the_airbench_recipe_trains_smallnet_through_the_train_stage(tmp_path: Path) -> None:
+    from embedlab.augment.test_time import TestTimeViews
     from embedlab.data.download.digits import write_digits
     from embedlab.data.prepare import prepare
     from embedlab.models.backbones import build_models
@@ -65,9 +66,14 @@ def test_the_airbench_recipe_trains_smallnet_through_the_train_stage(tmp_path: P
         work_dir=tmp_path / "work", live_dir=tmp_path / "live",
     ).run()  # fmt: skip
     assert result.metrics["val_accuracy"] > 0.3, result.metrics  # ten classes: chance is 0.1; mirrored digits
+    # trained on mirrors and shifts: the classifier is scored over airbench's views too (flips; flips and 1 px shifts)
+    data = TrainingData.load(tmp_path / "prepared", train_params)
+    for key, translate in (("test_flip_averaged_accuracy", False), ("test_flip_translate_averaged_accuracy", True)):
+        views = TestTimeViews.of(flip=True, translate=translate)
+        assert result.metrics[key] == round(data.averaged_accuracy(result.trainer, "test", views), 6), key
     # model.freeze_stem: the stem's kernel is still the whitening it started as; its bias trained
     built = build_models("smallnet", 32, 10, ModelParams(bn_scale=False), dropout=0.0, seed=0)
-    train_images = TrainingData.load(tmp_path / "prepared", train_params).splits["train"][0]
+    train_images = data.splits["train"][0]
     whiten_stem(built.embedding, built.backbone, train_images, seed=train_params.seed)
     stem = result.embedding.get_layer("smallnet_backbone").get_layer("stem_conv")
     np.testing.assert_array_equal(np.asarray(stem.kernel), np.asarray(built.backbone.get_layer("stem_conv").kernel))
