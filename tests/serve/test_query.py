@@ -26,3 +26,30 @@ def test_a_query_is_embedded_from_the_same_views_as_the_gallery(tmp_path: Path, 
     served = QueryEmbedder(layout, ["smallnet"], views).embed(images, ["smallnet"])["smallnet"]
     stored = embed_images(load_embedding_model(layout.model("smallnet")), images, progress=False, views=views)
     np.testing.assert_allclose(served, stored, atol=1e-5)
+
+
+@pytest.mark.parametrize("index", ["exact", "faiss"])
+def test_a_gallery_ranks_with_the_query_expansion_it_is_given(tmp_path: Path, index: str) -> None:
+    """`search` and `serve` rank like evaluate: a query of class 0 whose nearest image is a stray of class 1 finds
+    the stray first unexpanded, and only its own class expanded with its 5 nearest."""
+    from embedlab.core.params import FaissParams
+    from embedlab.embed.embeddings import EmbeddingSet, l2_normalize
+    from embedlab.serve.query import Gallery
+
+    own = l2_normalize(np.array([[1.0, 0.30 + 0.02 * i, 0.0] for i in range(5)]))
+    stray, far = l2_normalize(np.array([[1.0, 0.0, 0.05]])), l2_normalize(np.array([[0.0, 0.2, 1.0]] * 3))
+    labels = np.array([1, 0, 0, 0, 0, 0, 1, 1, 1])
+    ids = np.array([f"img{i}" for i in range(9)])
+    layout = Layout(tmp_path)
+    layout.embeddings("smallnet").parent.mkdir(parents=True)
+    vectors = np.concatenate([stray, own, far])
+    EmbeddingSet(vectors, ids, labels, np.array(["train"] * 9), np.array(["a", "b"])).save(
+        layout.embeddings("smallnet")
+    )
+    query = l2_normalize(np.array([[1.0, 0.01, 0.0]]))
+    flat = FaissParams(type="flat")
+    found = {
+        n: [hit.label for hit in Gallery("smallnet", layout, "all", "cosine", index, flat, n).top_k(query, 5)[0]]
+        for n in (0, 5)
+    }
+    assert found == {0: [1, 0, 0, 0, 0], 5: [0, 0, 0, 0, 0]}
