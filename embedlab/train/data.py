@@ -82,7 +82,7 @@ class TrainingData:
 
         The pipeline is built once per ``augment`` and order length, and reads the order (and parity) set here:
         building it anew each epoch traced the augmentation again, which cost 2-3 % of a digits epoch. Its number of
-        batches stays known to Keras (a softmax run's order always has the same length; a triplet run's, with its
+        batches stays known to Keras (a softmax run's order always has the same length; a metric-loss run's, with its
         class-balanced batches, too)."""
         import tensorflow as tf
 
@@ -130,7 +130,7 @@ class TrainingData:
 
     def _read_batch(self, read, start):
         """The tf.data side of a batch ``read`` returns: pixels of known shape and the trainer's two targets, one-hot
-        labels (softmax) and class ids (triplet)."""
+        labels (softmax) and class ids (the metric losses: triplet, supervised contrastive)."""
         import tensorflow as tf
 
         pixels, ids = tf.numpy_function(read, [start], (tf.uint8, tf.int32))
