@@ -13,6 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import yaml
+
+from embedlab.core.backbones import BACKBONES
 from embedlab.core.errors import UserError
 from embedlab.core.files import write_json
 from embedlab.core.layout import RAW_PIXELS, STACK, Layout
@@ -31,14 +34,26 @@ def collect(run_dir: str | Path, out_dir: str | Path, *, command: str, pipeline_
     if not Layout(run).metrics("retrieval").is_dir():
         raise UserError(f"{run}/metrics/retrieval is missing: run `dvc repro` in {run} first")
     out.mkdir(parents=True, exist_ok=True)
+    # A clone keeps the files of backbones its params no longer train (the lock's stages, logs, metrics, plots of
+    # the pipeline it was cloned from): they did not come from this run, so they stay behind.
+    stale = set(BACKBONES) - set(yaml.safe_load(Layout(run).params.read_text())["backbones"])
+    skipped = shutil.ignore_patterns(*SKIPPED)
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return skipped(directory, names) | {n for n in names if n.split(".")[0].split("_")[0] in stale}
+
     for name in COPIED:
         source, target = run / name, out / name
         if target.is_dir():
             shutil.rmtree(target)
         if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns(*SKIPPED))
+            shutil.copytree(source, target, ignore=ignore)
         elif source.exists():
             shutil.copy2(source, target)
+    if (out / "dvc.lock").exists():
+        lock = yaml.safe_load((out / "dvc.lock").read_text())
+        lock["stages"] = {k: v for k, v in lock["stages"].items() if k.partition("@")[2] not in stale}
+        (out / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run, capture_output=True, text=True).stdout.strip()
     description = {"command": command, "commit": commit, "cpu": cpu_description(), "pipeline_seconds": pipeline_seconds}
     write_json(out / "run.json", {**description, "environment": environment(run)})
@@ -80,8 +95,6 @@ def read_report(root: str | Path, kind: str, name: str) -> dict:
 
 def table_rows(results_dir: str | Path) -> list[dict[str, object]]:
     """One row per model (backbones in params order, then the stack and raw pixels) from the metrics files."""
-    import yaml
-
     root = Path(results_dir)
     params = yaml.safe_load(Layout(root).params.read_text())
     rows = []

@@ -83,3 +83,28 @@ def test_experiments_outside_a_dvc_repository_is_one_line(tmp_path: Path) -> Non
     )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: experiments: "), result.stderr
+
+
+def test_collect_leaves_behind_the_files_of_backbones_the_run_did_not_train(tmp_path: Path) -> None:
+    """A clone of the digits pipeline rerun with smallnet alone still holds the other backbones' lock stages, logs,
+    metrics and plots: none of them reaches the results folder."""
+    import yaml
+
+    run = tmp_path / "run"
+    for name in ("metrics", "reports", "plots", "dvclive"):
+        shutil.copytree(REPO / name, run / name)
+    shutil.copy(REPO / "dvc.lock", run / "dvc.lock")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (run / "params.yaml").write_text(
+        yaml.safe_dump({**params, "backbones": {"smallnet": params["backbones"]["smallnet"]}})
+    )
+    out = collect(run, tmp_path / "out", command="dvc repro", pipeline_seconds=None)
+    others = ("densenet121", "resnet50", "vgg16")
+    assert all((run / "metrics/train" / f"{b}.json").exists() for b in others)  # the clone did hold them
+    left = [str(p.relative_to(out)) for p in out.rglob("*") if any(b in p.name for b in others)]
+    assert left == []
+    stages = yaml.safe_load((out / "dvc.lock").read_text())["stages"]
+    assert {"train@smallnet", "embed@smallnet", "evaluate"} <= set(stages)
+    assert not [s for s in stages if any(b in s for b in others)]
+    assert (out / "metrics/train/smallnet.json").exists() and (out / "dvclive/smallnet").is_dir()
+    assert (out / "metrics/retrieval/stack.json").exists() and (out / "metrics/retrieval/raw_pixels.json").exists()
