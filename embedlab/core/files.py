@@ -171,6 +171,17 @@ def write_npz(path: str | Path, arrays: dict[str, Any]) -> None:
                 np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
 
+def read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, Any, int]:
+    """The ``.npy`` header at ``handle``'s position: shape, Fortran order, dtype and the offset its data starts at
+    (to read rows or memory-map the data without loading it; the header is parsed, never unpickled)."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(handle)
+    return tuple(shape), fortran_order, np.dtype(dtype), handle.tell()
+
+
 def write_tree(target: str | Path, files: dict[str, bytes]) -> None:
     """Replace the directory ``target`` by one holding exactly ``files`` (relative name -> bytes), atomically."""
     with atomic_dir(target) as tmp:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedlab.core.files import read_npy_header
+
 
 @dataclass
 class Prepared:
@@ -56,15 +58,10 @@ class _NpyFile:
 
     def __init__(self, path: Path) -> None:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran_order, dtype = read_header(handle)
-            self.offset = handle.tell()
+            self.shape, fortran_order, self.dtype, self.offset = read_npy_header(handle)
         if fortran_order:
             raise ValueError(f"{path}: a Fortran-ordered array cannot be read by rows")
-        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.path = path
         self.row_shape = self.shape[1:]
         self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
         self.fd = os.open(path, os.O_RDONLY)

@@ -19,7 +19,7 @@ import numpy as np
 
 from embedlab.augment.test_time import TestTimeViews
 from embedlab.core.errors import require_output
-from embedlab.core.files import write_npz
+from embedlab.core.files import read_npy_header, write_npz
 from embedlab.core.layout import RAW_PIXELS, STACK, Layout
 
 if TYPE_CHECKING:
@@ -90,10 +90,7 @@ def _memmap_member(path: str | Path, member: str) -> np.ndarray:
         handle.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
         name_length, extra_length = struct.unpack("<HH", handle.read(4))
         handle.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
-        offset = handle.tell()
+        shape, fortran_order, dtype, offset = read_npy_header(handle)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C")
 
 
