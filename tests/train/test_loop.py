@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from embedlab.augment.test_time import TestTimeViews
+from embedlab.augment.test_time import TestTimeViews, mirror
 from embedlab.core.params import DataParams, parse_params
 from embedlab.data.download.digits import write_digits
 from embedlab.data.prepare import prepare
@@ -453,7 +453,7 @@ def test_one_training_pipeline_serves_every_epochs_order(stored: str, tmp_path: 
     assert pipelines[0] is pipelines[1]  # built (and its augmentation traced) once per order length
     pixels = np.random.default_rng(0).integers(0, 256, (10, 2, 2, 3), dtype=np.uint8)  # not mirror-symmetric
     np.save(tmp_path / "pixels.npy", pixels)
-    scoring = data._make(ImageRows(tmp_path / "pixels.npy") if stored == "file" else pixels, labels, mirror=True)
+    scoring = data._make(ImageRows(tmp_path / "pixels.npy") if stored == "file" else pixels, labels, view=mirror)
     scored = np.concatenate([x for x, _ in scoring.as_numpy_iterator()])
     np.testing.assert_array_equal(scored, pixels[:, :, ::-1])  # scoring batches: every image, in order, mirrored
     # no autotuning thread for Keras to wait on when it deletes the iterator (embedlab.core.runtime.finish_pipeline)
