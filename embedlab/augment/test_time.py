@@ -9,7 +9,7 @@ views sharing half of the weight.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +57,6 @@ class TestTimeViews:
         """One view, the image itself: outputs are used as the model gives them (not averaged or normalised)."""
         return len(self.views) == 1
 
-    def average(self, outputs: list[np.ndarray]) -> np.ndarray:
-        """The weighted sum of one output array per view (in ``views`` order)."""
+    def average(self, outputs: Iterable[np.ndarray]) -> np.ndarray:
+        """The weighted sum of one output array per view (in ``views`` order; a generator keeps one in memory)."""
         return sum(weight * out for weight, out in zip(self.weights, outputs, strict=True))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedlab.augment.test_time import TestTimeViews
+from embedlab.augment.test_time import TestTimeViews, View
 from embedlab.core.errors import require_output
 from embedlab.core.files import read_npy_header, write_npz
 from embedlab.core.layout import RAW_PIXELS, STACK, Layout
@@ -159,7 +159,7 @@ def embed_images(
     if count == 0:
         return np.zeros((0, model.output_shape[-1]), np.float32)
 
-    def predict(view) -> np.ndarray:
+    def predict(view: View) -> np.ndarray:
         def batches():
             for start in range(0, count, batch_size):
                 yield view(np.asarray(images[start : start + batch_size]))
@@ -172,5 +172,6 @@ def embed_images(
         return np.asarray(model.predict(dataset, verbose=verbose), dtype=np.float32)
 
     views = views or TestTimeViews.of(flip=False, translate=False)
-    outputs = [predict(view) for view in views.views]
-    return outputs[0] if views.plain else l2_normalize(views.average(outputs))
+    if views.plain:
+        return predict(views.views[0])
+    return l2_normalize(views.average(predict(view) for view in views.views))  # one view's vectors held at a time
