@@ -20,10 +20,11 @@ from embedlab.core.errors import UserError, require_output
 from embedlab.core.files import md5sum
 from embedlab.core.layout import STACK, Layout
 from embedlab.core.params import FaissParams
+from embedlab.core.runtime import forward_batch_size
 from embedlab.embed.embeddings import EmbeddingSet, embedding_views, l2_normalize, producing_stage
 from embedlab.retrieval.index import build_index, search
 
-QUERY_CHUNK = 256  # images per forward pass: bounds memory for long query lists
+QUERY_CHUNK = 256  # query images per forward pass at most: bounds memory for long query lists
 
 
 def _inference(model, images):
@@ -76,15 +77,19 @@ class QueryEmbedder:
         self.width = {name: loaded.width for name, loaded in self.loaded.items()}
 
     def backbone(self, name: str, images: np.ndarray) -> np.ndarray:
-        """One backbone's embeddings of ``images`` (uint8, ``(n, S, S, 3)``)."""
+        """One backbone's embeddings of ``images`` (uint8, ``(n, S, S, 3)``), in chunks whose views together keep to
+        the forward pixel budget (:func:`~embedlab.core.runtime.forward_batch_size`): six views of 256 queries at
+        224 px would otherwise be one 1,536-image pass."""
+        views = len(self.views.views)
+        chunk = max(1, forward_batch_size(QUERY_CHUNK * views, images.shape[1]) // views)
         out = []
-        for start in range(0, len(images), QUERY_CHUNK):
-            batch = np.ascontiguousarray(images[start : start + QUERY_CHUNK])
+        for start in range(0, len(images), chunk):
+            batch = np.ascontiguousarray(images[start : start + chunk])
             if self.views.plain:
                 out.append(np.asarray(self.forward[name](batch), np.float32))
             else:  # every view in one pass; the weighted mean's direction, as embed does
-                views = np.asarray(self.forward[name](np.concatenate([view(batch) for view in self.views.views])))
-                out.append(l2_normalize(self.views.average(np.split(views, len(self.views.views)))))
+                outputs = np.asarray(self.forward[name](np.concatenate([view(batch) for view in self.views.views])))
+                out.append(l2_normalize(self.views.average(np.split(outputs, views))))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def embed(self, images: np.ndarray, models: list[str]) -> dict[str, np.ndarray]:

@@ -28,6 +28,33 @@ def test_a_query_is_embedded_from_the_same_views_as_the_gallery(tmp_path: Path, 
     np.testing.assert_allclose(served, stored, atol=1e-5)
 
 
+@pytest.mark.parametrize("translate", [False, True])
+def test_a_query_pass_keeps_to_the_pixel_budget_with_all_its_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, translate: bool
+) -> None:
+    """Long query lists go through in chunks whose views together stay within the forward pixel budget (here
+    16 images of 16 px), and chunking changes no embedding."""
+    from embedlab.core import runtime
+    from embedlab.models.backbones import build_models
+    from embedlab.models.io import save_embedding_model
+    from embedlab.serve.query import QueryEmbedder
+
+    monkeypatch.setattr(runtime, "FORWARD_BATCH_PIXELS", 16 * 16 * 16)
+    layout = Layout(tmp_path)
+    layout.model("smallnet").parent.mkdir(parents=True)
+    save_embedding_model(build_models("smallnet", 16, 3, ModelParams(embedding_dim=8), seed=0).embedding,
+                         layout.model("smallnet"))  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    embedder = QueryEmbedder(layout, ["smallnet"], TestTimeViews.of(flip=True, translate=translate))
+    passes: list[int] = []
+    forward = embedder.forward["smallnet"]
+    embedder.forward["smallnet"] = lambda batch: passes.append(len(batch)) or forward(batch)
+    chunked = embedder.embed(images, ["smallnet"])["smallnet"]
+    assert len(passes) > 1 and max(passes) <= 16, passes
+    one_by_one = np.concatenate([embedder.embed(images[i : i + 1], ["smallnet"])["smallnet"] for i in (0, 19)])
+    np.testing.assert_allclose(chunked[[0, 19]], one_by_one, atol=1e-5)
+
+
 @pytest.mark.parametrize("index", ["exact", "faiss"])
 def test_a_gallery_ranks_with_the_query_expansion_it_is_given(tmp_path: Path, index: str) -> None:
     """`search` and `serve` rank like evaluate: a query of class 0 whose nearest image is a stray of class 1 finds
