@@ -364,3 +364,28 @@ def test_the_page_shows_every_model_side_by_side_in_chromium(server: str, prepar
     for box in boxes:  # each row is drawn: its thumbnails make the band far from a flat colour
         band = picture[int(box["y"]) : int(box["y"] + box["height"]), int(box["x"]) : int(box["x"] + box["width"])]
         assert band.size and band.std() > 20, box
+
+
+@pytest.mark.browser
+def test_the_page_names_a_model_the_evaluate_stage_found_unhealthy(
+    pipeline: Path, prepared: Prepared, tmp_path: Path
+) -> None:
+    """A model whose metrics say ``collapsed`` carries that word on its row; one whose metrics say ``ok`` carries
+    none (the verdicts written over the tiny pipeline's own, which vary with its few images)."""
+    root = _root_with(pipeline, tmp_path / "root")
+    shutil.copytree(pipeline / "metrics", root / "metrics")
+    for model, verdict in {"mobilenetv2": "collapsed", "smallnet": "ok"}.items():
+        metrics = root / "metrics" / "retrieval" / f"{model}.json"
+        metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "health": verdict}))
+    server = running_server(root, tmp_path / "server.log", "--models", "mobilenetv2", "smallnet")
+    with server as url, chromium_page(url, 1200, 700) as (_, page, failed):
+        page.wait_for_function("document.querySelectorAll('#models input').length === 2")
+        page.click("#random")
+        page.wait_for_function("document.querySelectorAll('.model-row').length === 2")
+        badges = {
+            row.get_attribute("data-model"): [badge.inner_text() for badge in row.query_selector_all(".health")]
+            for row in page.query_selector_all(".model-row")
+        }
+        assert badges == {"mobilenetv2": ["⚠ collapsed"], "smallnet": []}, badges
+        assert "ranking" in page.get_attribute(".model-row[data-model=mobilenetv2] .health", "title")
+    assert not failed, failed
