@@ -128,16 +128,24 @@ def _filtered_stderr(noise: re.Pattern[bytes]) -> Iterator[None]:
                 os.write(2, b"".join(kept))
 
 
-def cpu_description() -> dict[str, object]:
-    """The CPU model, core count and the kernel-relevant feature flags, for every throughput figure we print."""
-    model, flags = "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+def cpu_description(cpuinfo: str | None = None) -> dict[str, object]:
+    """The CPU model, core count and the kernel-relevant feature flags, for every throughput figure we print.
+
+    The model name and flags alone do not tell machines apart: two "AMD EPYC" with the same AVX-512 flags ran float32
+    matmuls 2.2x apart (docs/performance.md), so the CPU family and model numbers are part of the name.
+    ``cpuinfo``: the text of /proc/cpuinfo (read when None)."""
+    if cpuinfo is None:
+        cpuinfo = ""
+        with contextlib.suppress(OSError):
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's lines
+    model = fields.get("model name", "unknown")
+    if fields.get("cpu family") and fields.get("model"):
+        model += f" (family {fields['cpu family']}, model {fields['model']})"
+    flags = set(fields.get("flags", "").split())
     return {
         "cpu": model,
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
