@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py                          # the tables in benchmarks/README.md (~25 min)
     python benchmarks/train_throughput.py --backbones resnet50 --epochs 2 --no-stage   # a quick look
-    python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline
+    python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline (~1 min)
     python benchmarks/train_throughput.py --stage-vs-plain --epochs 6   # the stage loop against a plain fit, per CPU
 
 For every backbone, on the same data (the digits train split, 32 px, as `dvc repro` prepares it, augmented as
@@ -241,9 +241,10 @@ def _label(row: dict) -> str:
     return f"plain fit oneDNN {onednn}, {'bf16' if row['bf16'] else 'fp32'}"
 
 
-def recorded_run_roofline(results_dir: Path) -> None:
+def recorded_run_roofline(results_dir: Path, out: Path) -> None:
     """Each backbone's img/s in a recorded run (``embedlab results collect``) against this machine's roofline at
-    that run's image size and class count: for a run too long to repeat here per setting."""
+    that run's image size and class count: for a run too long to repeat here per setting. Written to ``out`` with
+    this CPU's description: a run's minutes mean little without the matmul rate of the machine they were timed on."""
     import yaml
 
     from embedlab.cli.results import read_report
@@ -255,18 +256,35 @@ def recorded_run_roofline(results_dir: Path) -> None:
     print(f"CPU: {json.dumps(cpu_description())}\nmatmul: {gflops:.0f} GFLOP/s (float32)\n")
     print("| backbone | train images | batch | fit img/s | epoch img/s | GFLOP/img (train) | roofline img/s | % |")
     print("|---|---|---|---|---|---|---|---|")
+    rows = []
     for name in params.backbones:
         model_params, train_params = params.for_backbone(name)
         metrics = read_report(results_dir, "train", name)
         models = build_models(name, params.data.image_size, 10, model_params, seed=0)
         train_gflop = 3 * forward_flops(models.trainer) / 1e9
         roof = gflops / train_gflop
+        share = metrics["train_images_per_second"] / roof
+        rows.append(
+            {
+                "backbone": name,
+                "train_images": metrics["train_images"],
+                "batch_size": train_params.batch_size,
+                "fit_images_per_second": metrics["train_images_per_second"],
+                "epoch_images_per_second": metrics["epoch_images_per_second"],
+                "train_gflop_per_image": round(train_gflop, 3),
+                "roofline_images_per_second": round(roof, 1),
+                "share_of_roofline": round(share, 3),
+            }
+        )
         print(
             f"| {name} | {metrics['train_images']:,} | {train_params.batch_size} "
             f"| {metrics['train_images_per_second']} | {metrics['epoch_images_per_second']} | {train_gflop:.3f} "
-            f"| {roof:.0f} | {100 * metrics['train_images_per_second'] / roof:.0f} % |"
+            f"| {roof:.0f} | {100 * share:.0f} % |"
         )
     print("\n(bfloat16 runs are measured against the float32 roofline.)")
+    report = {"run": str(results_dir), "cpu": cpu_description(), "matmul_gflops": round(gflops, 1), "rows": rows}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -282,12 +300,12 @@ def main() -> None:
         help="only the stage loop against a plain fit (smallnet, ResNet50, DenseNet121 unless --backbones says), "
         "kept per CPU kind in stage_vs_plain_fit.json",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
+    parser.add_argument("--out", type=Path, help="default: train_throughput.json, or roofline_<run>.json")
     parser.add_argument("--worker", choices=("fit", "stage"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.roofline_of:
-        recorded_run_roofline(args.roofline_of)
+        recorded_run_roofline(args.roofline_of, args.out or RESULTS / f"roofline_{args.roofline_of.name}.json")
         return
     if args.worker:
         print(json.dumps(worker(args)))
@@ -301,7 +319,7 @@ def main() -> None:
     cpu = cpu_description()
     bf16_options = [False, True] if {"avx512_bf16", "amx_bf16"} & set(cpu["flags"]) else [False]
     rows: list[dict] = []
-    out = Path(args.out)
+    out = args.out or RESULTS / "train_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def measure(backbone: str, mode: str, onednn: str = "1", bf16: bool = False, isa: str = "") -> None:
