@@ -252,8 +252,8 @@ def recorded_run_roofline(results_dir: Path, out: Path) -> None:
     from embedlab.models.backbones import build_models
 
     params = parse_params(yaml.safe_load((results_dir / "params.yaml").read_text()))
-    gflops = matmul_gflops()
-    print(f"CPU: {json.dumps(cpu_description())}\nmatmul: {gflops:.0f} GFLOP/s (float32)\n")
+    gflops, cpu = matmul_gflops(), cpu_description()
+    print(f"CPU: {json.dumps(cpu)}\nmatmul: {gflops:.0f} GFLOP/s (float32)\n")
     print("| backbone | train images | batch | fit img/s | epoch img/s | GFLOP/img (train) | roofline img/s | % |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
@@ -282,7 +282,7 @@ def recorded_run_roofline(results_dir: Path, out: Path) -> None:
             f"| {roof:.0f} | {100 * share:.0f} % |"
         )
     print("\n(bfloat16 runs are measured against the float32 roofline.)")
-    report = {"run": str(results_dir), "cpu": cpu_description(), "matmul_gflops": round(gflops, 1), "rows": rows}
+    report = {"run": str(results_dir), "cpu": cpu, "matmul_gflops": round(gflops, 1), "rows": rows}
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 
