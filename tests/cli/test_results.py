@@ -68,7 +68,7 @@ def test_collect_needs_a_finished_run(tmp_path: Path) -> None:
 
 def test_the_table_reads_runs_recorded_before_metrics_and_reports_were_split() -> None:
     """results/<run>/ folders recorded earlier hold every figure in metrics/: the table still finds them there."""
-    recorded = REPO / "results" / "cifar10"
+    recorded = REPO / "results" / "cifar10-four-backbones"
     assert not (recorded / "reports").exists()
     rows = {row["model"]: row for row in table_rows(recorded)}
     expected = json.loads((recorded / "metrics" / "train" / "smallnet.json").read_text())

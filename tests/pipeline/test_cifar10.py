@@ -19,7 +19,7 @@ pytestmark = [
 def test_cifar10_recipe_on_a_slice_trains_on_its_budget_and_evaluates_everything(tmp_path: Path) -> None:
     repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((REPO / "results" / "cifar10" / "params.yaml").read_text())
-    params["data"].update(path=str(CIFAR_JPEG), max_per_class=40)  # 40 train (36 + 4 val) and 40 test per class
+    params["data"].update(path=str(CIFAR_JPEG), max_per_class=40, val_fraction=0.1)  # 36 train + 4 val, 40 test a class
     smallnet = {**params["backbones"]["smallnet"], "epochs": 2, "batch_size": 64, "max_per_class": 20}
     params["backbones"] = {"smallnet": smallnet}
     params["cluster"]["tsne"]["sample"] = 20
