@@ -4,6 +4,7 @@
     python benchmarks/train_throughput.py --backbones resnet50 --epochs 2 --no-stage   # a quick look
     python benchmarks/train_throughput.py --roofline-of results/cifar10   # a recorded run against the roofline (~1 min)
     python benchmarks/train_throughput.py --stage-vs-plain --epochs 6   # the stage loop against a plain fit, per CPU
+    python benchmarks/train_throughput.py --precision-of results/cifar10 --prepared <its data/prepared>  # fp32 vs bf16
 
 For every backbone, on the same data (the digits train split, 32 px, as `dvc repro` prepares it, augmented as
 params.yaml says), batch size and image size:
@@ -17,6 +18,10 @@ params.yaml says), batch size and image size:
 - **roofline**: the measured float32 matmul GFLOP/s of the same process divided by the model's training FLOPs per
   image (3 × the forward pass: convolutions and dense layers, counted from the layer shapes).
 - **CPU use**: process CPU seconds per wall second during the timed epochs (2.0 = two cores busy).
+
+- **precision of a recipe** (``--precision-of``): a recorded run's own params and backbones, a plain fit in float32
+  and in mixed bfloat16 on the first ``--images`` training images of its prepared data, for a recipe too long to
+  time whole per setting.
 
 Every figure is the median epoch after the first (graph tracing): on the shared 2-core machines here single epochs
 run up to 1.7× slower at random, with or without our code around them, and the median keeps that noise out.
@@ -109,7 +114,7 @@ def worker(args: argparse.Namespace) -> dict:
     from embedlab.train.optimization import compile_trainer, make_optimizer
     from embedlab.train.stopwatch import EPOCH_PARTS
 
-    params = load_params(REPO / "params.yaml")
+    params = load_params(args.params)
     model_params, train_params = (
         params.for_backbone(args.backbones[0])
         if args.backbones[0] in params.backbones
@@ -119,8 +124,7 @@ def worker(args: argparse.Namespace) -> dict:
         )
     )
     train_params = train_params.model_copy(update={"epochs": args.epochs + 1, "patience": args.epochs + 1})
-    if args.bf16:
-        train_params = train_params.model_copy(update={"mixed_precision": "on"})
+    train_params = train_params.model_copy(update={"mixed_precision": "on" if args.bf16 else "off"})
     result: dict = {"backbone": args.backbones[0], "mode": args.worker, "bf16": args.bf16, **cpu_description()}
     if args.worker == "stage":
         with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +179,7 @@ def worker(args: argparse.Namespace) -> dict:
         ).build()  # fmt: skip
         run.log.end()
     models, data = run.models, run.data
-    images = data.splits["train"][0]
+    images = data.splits["train"][0][: args.images]
     steps = (args.epochs + 1) * -(-len(images) // train_params.batch_size)
     compile_trainer(models.trainer, train_params, make_optimizer(train_params, train_params.lr, steps))
     dataset = data.train_dataset(np.arange(len(images)), run.augmentation)
@@ -200,7 +204,8 @@ def worker(args: argparse.Namespace) -> dict:
 
 def run_child(args: argparse.Namespace, backbone: str, mode: str, onednn: str, bf16: bool, isa: str = "") -> dict:
     command = [sys.executable, __file__, "--worker", mode, "--backbones", backbone, "--epochs", str(args.epochs)]
-    command += ["--prepared", args.prepared] + (["--bf16"] if bf16 else [])
+    command += ["--prepared", args.prepared, "--params", str(args.params)] + (["--bf16"] if bf16 else [])
+    command += ["--images", str(args.images)] if args.images else []
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}
     env.pop("ONEDNN_MAX_CPU_ISA", None)
     if isa:
@@ -287,6 +292,30 @@ def recorded_run_roofline(results_dir: Path, out: Path) -> None:
     print(f"wrote {out}")
 
 
+def recipe_precision(args: argparse.Namespace) -> None:
+    """A recorded run's backbones, each as a plain fit in float32 and in mixed bfloat16 (oneDNN on), with the run's
+    own params on the first ``--images`` images of its prepared data; written to ``precision_<run>.json``."""
+    import yaml
+
+    from embedlab.core.params import parse_params
+
+    run = args.precision_of
+    args.params = run / "params.yaml"
+    args.images = args.images or 8192
+    cpu = cpu_description()
+    out = args.out or RESULTS / f"precision_{run.name}.json"
+    rows = []
+    for backbone in parse_params(yaml.safe_load(args.params.read_text())).backbones:
+        for bf16 in (False, True):
+            rows.append(run_child(args, backbone, "fit", "1", bf16))
+            out.write_text(
+                json.dumps({"run": str(run), "images": args.images, "cpu": cpu, "rows": rows}, indent=2) + "\n"
+            )
+        fp32, bf16_row = rows[-2]["images_per_second"], rows[-1]["images_per_second"]
+        print(f"{backbone}: float32 {fp32} img/s, bfloat16 {bf16_row} img/s: {bf16_row / fp32:.2f}x", flush=True)
+    print(f"CPU: {json.dumps(cpu)}\nwrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--roofline-of", type=Path, help="a results folder: its recorded img/s against the roofline")
@@ -300,7 +329,14 @@ def main() -> None:
         help="only the stage loop against a plain fit (smallnet, ResNet50, DenseNet121 unless --backbones says), "
         "kept per CPU kind in stage_vs_plain_fit.json",
     )
-    parser.add_argument("--out", type=Path, help="default: train_throughput.json, or roofline_<run>.json")
+    parser.add_argument(
+        "--precision-of", type=Path, help="a results folder: its recipe's plain fit in float32 and in bfloat16"
+    )
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help=argparse.SUPPRESS)
+    parser.add_argument("--images", type=int, help="plain fits: the first N training images (--precision-of: 8192)")
+    parser.add_argument(
+        "--out", type=Path, help="default: train_throughput.json, roofline_<run>.json or precision_<run>.json"
+    )
     parser.add_argument("--worker", choices=("fit", "stage"), help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,6 +350,9 @@ def main() -> None:
         raise SystemExit(f"{args.prepared} is missing: run `dvc repro preprocess` first")
     if args.stage_vs_plain:
         stage_vs_plain(args)
+        return
+    if args.precision_of:
+        recipe_precision(args)
         return
 
     cpu = cpu_description()

@@ -221,8 +221,8 @@ class TrainParams(_Section):
     strategy: Literal["auto", "mirrored", "multiworker"] = "auto"
     """`auto` (all local GPUs when there are several), `mirrored`, `multiworker` (`TF_CONFIG`)"""
     mixed_precision: AutoOnOff = "auto"
-    """`auto` (on with a GPU only: bfloat16 measured slower on AVX512_BF16 CPUs, see [performance](performance.md)),
-    `on` (float16 on a GPU, bfloat16 on a CPU), `off`"""
+    """`auto` (on with a GPU only: on AVX512_BF16 CPUs bfloat16 speeds some backbones and slows or degrades others,
+    so turn it on per backbone; see [performance](performance.md)), `on` (float16 on a GPU, bfloat16 on a CPU), `off`"""
     seed: Annotated[int, Field(ge=0)] = 42
     """seeds Python, NumPy, TensorFlow, the batch order and every random layer"""
 
