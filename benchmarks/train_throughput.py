@@ -18,7 +18,6 @@ params.yaml says), batch size and image size:
 - **roofline**: the measured float32 matmul GFLOP/s of the same process divided by the model's training FLOPs per
   image (3 × the forward pass: convolutions and dense layers, counted from the layer shapes).
 - **CPU use**: process CPU seconds per wall second during the timed epochs (2.0 = two cores busy).
-
 - **precision of a recipe** (``--precision-of``): a recorded run's own params and backbones, a plain fit in float32
   and in mixed bfloat16 on the first ``--images`` training images of its prepared data, for a recipe too long to
   time whole per setting.
